@@ -1,0 +1,50 @@
+"""The KV cache: an explicit pytree, created by `init_cache`, passed in and returned.
+
+Slots are written left to right at `index`; `slot_mask` says which slots hold a
+real token (padding leaves holes that attention skips), and `lengths` counts the
+real tokens of each row, which is the rotary position of that row's next token.
+Because of this, prompts may be left-padded, right-padded or have holes, and
+decoding still sees exactly the positions and keys an unpadded forward pass would.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from selfimprove.models.config import TransformerConfig
+
+
+class KVCache(NamedTuple):
+  key: jax.Array        # [layers, batch, max_len, kv_heads, head_dim]
+  value: jax.Array      # [layers, batch, max_len, kv_heads, head_dim]
+  slot_mask: jax.Array  # [batch, max_len] bool: the slot holds a real token
+  lengths: jax.Array    # [batch] int32: real tokens written so far
+  index: jax.Array      # [] int32: next slot to write
+
+  @property
+  def max_len(self) -> int:
+    return self.slot_mask.shape[1]
+
+
+CACHE_AXES = ("layers", "batch", "cache_seq", "act_kv_heads", None)
+
+
+def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
+               dtype: jnp.dtype | None = None) -> KVCache:
+  """An empty cache for `batch_size` rows of up to `max_len` tokens in total.
+
+  Writing past `max_len` is not checked in-graph; the sampler sizes the cache
+  as prompt length + max_new_tokens.
+  """
+  dtype = config.compute_dtype if dtype is None else dtype
+  shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+  return KVCache(
+      key=jnp.zeros(shape, dtype),
+      value=jnp.zeros(shape, dtype),
+      slot_mask=jnp.zeros((batch_size, max_len), bool),
+      lengths=jnp.zeros((batch_size,), jnp.int32),
+      index=jnp.zeros((), jnp.int32),
+  )

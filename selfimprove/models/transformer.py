@@ -1,0 +1,170 @@
+"""Llama-family decoder-only transformer (Flax NNX), used functionally at the jit boundary.
+
+    model = Transformer(config, rngs=nnx.Rngs(params=0))
+    graphdef, params = nnx.split(model)           # once, outside jit
+
+    @jax.jit
+    def forward(params, tokens, mask):
+      logits, _ = nnx.merge(graphdef, params)(tokens, mask)
+      return logits
+
+The blocks' parameters are stacked on a leading `layers` axis whether or not
+`config.scan_layers` is set, so the two execution modes share checkpoints.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from selfimprove.models.config import TransformerConfig
+from selfimprove.models.kv_cache import KVCache
+from selfimprove.models.layers import MLP, Attention, RMSNorm, make_param
+from selfimprove.sharding import constrain
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    kw = dict(eps=config.norm_eps, param_dtype=config.params_dtype, rngs=rngs)
+    self.attention_norm = RMSNorm(config.embed_dim, **kw)
+    self.attention = Attention(config, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.embed_dim, **kw)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, positions, attention_mask, cached_kv=None, cache_index=None):
+    y, new_kv = self.attention(self.attention_norm(x), positions, attention_mask,
+                               cached_kv, cache_index)
+    x = x + y
+    x = x + self.mlp(self.mlp_norm(x))
+    return x, new_kv
+
+
+class Transformer(nnx.Module):
+  """Token ids in, float32 next-token logits out; optionally reading/writing a KVCache."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    pd = config.params_dtype
+    self.embedding = make_param(rngs, jax.nn.initializers.normal(config.embed_dim ** -0.5),
+                                (config.vocab_size, config.embed_dim), ("vocab", "embed"), pd)
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(rngs: nnx.Rngs) -> Block:
+      return Block(config, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.final_norm = RMSNorm(config.embed_dim, eps=config.norm_eps, param_dtype=pd, rngs=rngs)
+    if not config.tie_embeddings:
+      self.lm_head = make_param(
+          rngs, jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+          (config.embed_dim, config.vocab_size), ("embed", "vocab"), pd)
+
+  def __call__(self, tokens: jax.Array, input_mask: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Runs the model over `tokens`.
+
+    Args:
+      tokens: [batch, seq] int token ids.
+      input_mask: [batch, seq] bool; False marks padding (any layout: left,
+        right or holes). Padding tokens are invisible to every other token and
+        do not advance positions. Their own outputs are meaningless.
+      cache: if given, `tokens` continue the cached sequence: they are written
+        at slots [cache.index, cache.index + seq) and attend to everything
+        cached before them.
+
+    Returns:
+      logits [batch, seq, vocab] float32, and the updated cache (None without one).
+    """
+    cfg = self.config
+    rules = cfg.sharding_rules
+    input_mask = input_mask.astype(bool)
+    seq = tokens.shape[1]
+    offset = jnp.cumsum(input_mask, axis=1, dtype=jnp.int32) - 1
+    if cache is None:
+      positions = jnp.maximum(offset, 0)
+      key_valid = input_mask                          # [batch, seq]
+      query_slots = jnp.arange(seq)
+    else:
+      positions = jnp.maximum(cache.lengths[:, None] + offset, 0)
+      key_valid = jax.lax.dynamic_update_slice(cache.slot_mask, input_mask, (0, cache.index))
+      query_slots = cache.index + jnp.arange(seq)
+    key_slots = jnp.arange(key_valid.shape[1])
+    causal = key_slots[None, :] <= query_slots[:, None]          # [seq, kv_len]
+    attention_mask = key_valid[:, None, :] & causal[None]       # [batch, seq, kv_len]
+
+    x = self.embedding[...].astype(cfg.compute_dtype)[tokens]
+    x = constrain(x, ("batch", "seq", "act_embed"), rules)
+    block_def, block_params = nnx.split(self.blocks)
+
+    def run_block(x, layer_params, cached_kv, index):
+      block = nnx.merge(block_def, layer_params)
+      x, new_kv = block(x, positions, attention_mask, cached_kv, index)
+      return constrain(x, ("batch", "seq", "act_embed"), rules), new_kv
+
+    if cfg.remat != "none":
+      run_block = jax.checkpoint(run_block, policy=_REMAT_POLICIES[cfg.remat])
+
+    if cache is None:
+      x = self._run_blocks_without_cache(run_block, x, block_params)
+      new_cache = None
+    else:
+      x, key, value = self._run_blocks_with_cache(run_block, x, block_params, cache)
+      new_cache = KVCache(key=key, value=value, slot_mask=key_valid,
+                          lengths=cache.lengths + input_mask.sum(axis=1, dtype=jnp.int32),
+                          index=cache.index + seq)
+
+    x = self.final_norm(x)
+    if cfg.tie_embeddings:
+      head = self.embedding[...].T
+    else:
+      head = self.lm_head[...]
+    logits = jnp.einsum("bte,ev->btv", x, head.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return constrain(logits, ("batch", "seq", "act_vocab"), rules), new_cache
+
+  def _run_blocks_without_cache(self, run_block, x, block_params):
+    if self.config.scan_layers:
+      def body(x, layer_params):
+        return run_block(x, layer_params, None, None)[0], None
+      return jax.lax.scan(body, x, block_params)[0]
+    for i in range(self.config.num_layers):
+      x = run_block(x, jax.tree.map(lambda p: p[i], block_params), None, None)[0]
+    return x
+
+  def _run_blocks_with_cache(self, run_block, x, block_params, cache: KVCache):
+    """Runs the blocks, writing each layer's new keys/values into the stacked cache in place."""
+
+    def body(carry, layer):
+      x, key, value = carry
+      layer_params, i = layer
+      x, (new_k, new_v) = run_block(x, layer_params, (key[i], value[i]), cache.index)
+      start = (i, 0, cache.index, 0, 0)
+      key = jax.lax.dynamic_update_slice(key, new_k[None].astype(key.dtype), start)
+      value = jax.lax.dynamic_update_slice(value, new_v[None].astype(value.dtype), start)
+      return (x, key, value), None
+
+    carry = (x, cache.key, cache.value)
+    layer_ids = jnp.arange(self.config.num_layers)
+    if self.config.scan_layers:
+      return jax.lax.scan(body, carry, (block_params, layer_ids))[0]
+    for i in range(self.config.num_layers):
+      carry = body(carry, (jax.tree.map(lambda p: p[i], block_params), i))[0]
+    return carry
+
+
+def init_model(config: TransformerConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+  """Creates a model on the default device and splits it into (graphdef, params)."""
+  return nnx.split(Transformer(config, rngs=nnx.Rngs(params=seed)))
+
+
+def count_params(params: nnx.State) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
