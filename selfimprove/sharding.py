@@ -125,6 +125,12 @@ def _axis_size(mesh: Mesh, entry: str | tuple[str, ...] | None) -> int:
   return math.prod(mesh.shape[name] for name in names)
 
 
+def _path_name(path) -> str:
+  """'blocks/attention/q_proj' for a key path into an nnx.State."""
+  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return "/".join(n for n in names if n != "value")
+
+
 def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
   """NamedShardings for an nnx.State whose Variables carry `out_sharding` names.
 
@@ -140,7 +146,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
     for dim, entry in zip(shape, spec):
       if dim % _axis_size(mesh, entry):
         raise ValueError(
-            f"Parameter {jax.tree_util.keystr(path)} of shape {shape} cannot be "
+            f"Parameter {_path_name(path)} of shape {shape} cannot be "
             f"sharded as {spec} (logical {tuple(logical_spec)}) on mesh "
             f"{dict(mesh.shape)}: {dim} is not divisible by the size of {entry}. "
             f"Change the mesh shape or the sharding rule for that logical axis.")

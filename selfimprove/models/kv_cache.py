@@ -18,8 +18,8 @@ from selfimprove.models.config import TransformerConfig
 
 
 class KVCache(NamedTuple):
-  key: jax.Array        # [layers, batch, max_len, kv_heads, head_dim]
-  value: jax.Array      # [layers, batch, max_len, kv_heads, head_dim]
+  key: jax.Array        # [layers, batch, kv_heads, max_len, head_dim]
+  value: jax.Array      # [layers, batch, kv_heads, max_len, head_dim]
   slot_mask: jax.Array  # [batch, max_len] bool: the slot holds a real token
   lengths: jax.Array    # [batch] int32: real tokens written so far
   index: jax.Array      # [] int32: next slot to write
@@ -29,7 +29,7 @@ class KVCache(NamedTuple):
     return self.slot_mask.shape[1]
 
 
-CACHE_AXES = ("layers", "batch", "cache_seq", "act_kv_heads", None)
+CACHE_AXES = ("layers", "batch", "act_kv_heads", "cache_seq", None)
 
 
 def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
@@ -40,7 +40,7 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
   as prompt length + max_new_tokens.
   """
   dtype = config.compute_dtype if dtype is None else dtype
-  shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+  shape = (config.num_layers, batch_size, config.num_kv_heads, max_len, config.head_dim)
   return KVCache(
       key=jnp.zeros(shape, dtype),
       value=jnp.zeros(shape, dtype),

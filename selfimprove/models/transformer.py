@@ -39,12 +39,11 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.embed_dim, **kw)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x, positions, attention_mask, cached_kv=None, cache_index=None):
-    y, new_kv = self.attention(self.attention_norm(x), positions, attention_mask,
-                               cached_kv, cache_index)
+  def __call__(self, x, positions, attention_mask, cache=None):
+    y, new_cache = self.attention(self.attention_norm(x), positions, attention_mask, cache)
     x = x + y
     x = x + self.mlp(self.mlp_norm(x))
-    return x, new_kv
+    return x, new_cache
 
 
 class Transformer(nnx.Module):
@@ -105,10 +104,10 @@ class Transformer(nnx.Module):
     x = constrain(x, ("batch", "seq", "act_embed"), rules)
     block_def, block_params = nnx.split(self.blocks)
 
-    def run_block(x, layer_params, cached_kv, index):
+    def run_block(x, layer_params, layer_cache):
       block = nnx.merge(block_def, layer_params)
-      x, new_kv = block(x, positions, attention_mask, cached_kv, index)
-      return constrain(x, ("batch", "seq", "act_embed"), rules), new_kv
+      x, new_cache = block(x, positions, attention_mask, layer_cache)
+      return constrain(x, ("batch", "seq", "act_embed"), rules), new_cache
 
     if cfg.remat != "none":
       run_block = jax.checkpoint(run_block, policy=_REMAT_POLICIES[cfg.remat])
@@ -134,28 +133,24 @@ class Transformer(nnx.Module):
   def _run_blocks_without_cache(self, run_block, x, block_params):
     if self.config.scan_layers:
       def body(x, layer_params):
-        return run_block(x, layer_params, None, None)[0], None
+        return run_block(x, layer_params, None)[0], None
       return jax.lax.scan(body, x, block_params)[0]
     for i in range(self.config.num_layers):
-      x = run_block(x, jax.tree.map(lambda p: p[i], block_params), None, None)[0]
+      x = run_block(x, jax.tree.map(lambda p: p[i], block_params), None)[0]
     return x
 
   def _run_blocks_with_cache(self, run_block, x, block_params, cache: KVCache):
-    """Runs the blocks, writing each layer's new keys/values into the stacked cache in place."""
+    """Runs the blocks, each writing its new keys/values into the stacked cache in place."""
 
     def body(carry, layer):
       x, key, value = carry
       layer_params, i = layer
-      x, (new_k, new_v) = run_block(x, layer_params, (key[i], value[i]), cache.index)
-      start = (i, 0, cache.index, 0, 0)
-      key = jax.lax.dynamic_update_slice(key, new_k[None].astype(key.dtype), start)
-      value = jax.lax.dynamic_update_slice(value, new_v[None].astype(value.dtype), start)
+      x, (key, value) = run_block(x, layer_params, (key, value, i, cache.index))
       return (x, key, value), None
 
     carry = (x, cache.key, cache.value)
-    layer_ids = jnp.arange(self.config.num_layers)
     if self.config.scan_layers:
-      return jax.lax.scan(body, carry, (block_params, layer_ids))[0]
+      return jax.lax.scan(body, carry, (block_params, jnp.arange(self.config.num_layers)))[0]
     for i in range(self.config.num_layers):
       carry = body(carry, (jax.tree.map(lambda p: p[i], block_params), i))[0]
     return carry
