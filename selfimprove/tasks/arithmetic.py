@@ -1,0 +1,361 @@
+"""Integer arithmetic (`37+85=` -> `122`): prompts, a held-out split and an exact in-graph verifier.
+
+The problem space is every (a, op, b) with operands of `min_digits`..`max_digits`
+digits and op in `operations`. Which problems are held out for evaluation is
+decided by a uint32 hash of (a, op, b, split_seed) compared with
+`eval_fraction`, so the split needs no table: `examples` (numpy, host) and
+`generate` (jnp, inside jit) call the same `is_eval_problem` and agree exactly.
+The hash uses the operation's index in the canonical "+-*" (not its index in
+`operations`), so a problem's split never depends on which other operations or
+digit counts a config enables: "12+34" is held out in every config or in none
+with the same `eval_fraction` and `split_seed`.
+
+Sampling in `generate` is uniform over the training problems of the chosen
+operation (operands uniform over the operand range, which for mixed digit
+counts means mostly long operands).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from selfimprove.tokenizers import CharTokenizer, encode_batch
+
+CANONICAL_OPERATIONS = "+-*"
+ALPHABET = "0123456789+-*="
+# The verifier reads an int32; 9 digits always fit, 10 may not.
+MAX_ANSWER_DIGITS = 9
+# `examples` enumerates the problem space on the host; beyond these sizes use `generate`.
+MAX_ENUMERATED_PROBLEMS = 100_000_000
+MAX_EXAMPLES_PER_SPLIT = 1_000_000
+_POW10 = np.array([10**k for k in range(10)], np.int32)   # 10**9 < 2**31
+
+
+@dataclasses.dataclass(frozen=True)
+class ArithmeticConfig:
+  """Which problems exist and which are held out.
+
+  Attributes:
+    min_digits: fewest digits of an operand (1 allows 0..9; otherwise no leading zeros).
+    max_digits: most digits of an operand.
+    operations: a non-empty subset of "+-*", e.g. "+" or "+-*".
+    eval_fraction: share of all problems held out for evaluation, in (0, 1).
+    split_seed: selects which problems are held out.
+  """
+
+  min_digits: int = 2
+  max_digits: int = 2
+  operations: str = "+"
+  eval_fraction: float = 0.1
+  split_seed: int = 0
+
+  def __post_init__(self):
+    if not isinstance(self.min_digits, int) or self.min_digits < 1:
+      raise ValueError(f"ArithmeticConfig.min_digits must be an integer >= 1, got {self.min_digits!r}.")
+    if not isinstance(self.max_digits, int) or self.max_digits < self.min_digits:
+      raise ValueError(
+          f"ArithmeticConfig.max_digits must be an integer >= min_digits={self.min_digits}, "
+          f"got {self.max_digits!r}.")
+    if not self.operations:
+      raise ValueError("ArithmeticConfig.operations must be a non-empty subset of '+-*', got ''.")
+    for char in self.operations:
+      if char not in CANONICAL_OPERATIONS:
+        raise ValueError(
+            f"ArithmeticConfig.operations={self.operations!r} contains {char!r}; "
+            f"allowed operations are '+', '-' and '*'.")
+    if len(set(self.operations)) != len(self.operations):
+      raise ValueError(f"ArithmeticConfig.operations={self.operations!r} repeats an operation.")
+    if not 0.0 < self.eval_fraction < 1.0:
+      raise ValueError(
+          f"ArithmeticConfig.eval_fraction must be in (0, 1), got {self.eval_fraction!r}.")
+    if not isinstance(self.split_seed, int):
+      raise ValueError(f"ArithmeticConfig.split_seed must be an integer, got {self.split_seed!r}.")
+    for op in self.operations:
+      longest = max(len(str(abs(v))) for v in _extreme_answers(*self.operand_range, op))
+      if longest > MAX_ANSWER_DIGITS:
+        raise ValueError(
+            f"ArithmeticConfig.max_digits={self.max_digits} with operation {op!r} gives answers "
+            f"of {longest} digits; the verifier reads at most {MAX_ANSWER_DIGITS} (int32). "
+            f"Lower max_digits.")
+
+  @property
+  def operand_range(self) -> tuple[int, int]:
+    """(lowest, highest) operand, both inclusive."""
+    low = 0 if self.min_digits == 1 else 10**(self.min_digits - 1)
+    return low, 10**self.max_digits - 1
+
+
+def _extreme_answers(low: int, high: int, op: str) -> list[int]:
+  """Answers of largest magnitude (and most negative) for operands in [low, high]."""
+  if op == "+":
+    return [low + low, high + high]
+  if op == "-":
+    return [low - high, high - low]
+  return [low * low, high * high]
+
+
+def _fmix32(h, xp):
+  """MurmurHash3's 32-bit finaliser; uint32 arithmetic wraps identically in numpy and jnp."""
+  h = h ^ (h >> 16)
+  h = h * xp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * xp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _num_digits(x: jax.Array) -> jax.Array:
+  """Decimal digits of int32 x >= 0 (0 has one digit): [...] -> [...] int32."""
+  return 1 + jnp.sum(x[..., None] >= jnp.asarray(_POW10[1:]), axis=-1, dtype=jnp.int32)
+
+
+def _digit_at(x: jax.Array, num_digits: jax.Array, index: jax.Array) -> jax.Array:
+  """The index-th digit (0 = most significant) of x >= 0; garbage where index is out of range."""
+  exponent = jnp.clip(num_digits - 1 - index, 0, 9)
+  return (x // jnp.asarray(_POW10)[exponent]) % 10
+
+
+class ArithmeticTask:
+  """Prompts `a<op>b=`, answers `<int><eos>`, a hashed held-out split and an exact verifier.
+
+  Attributes:
+    config: the ArithmeticConfig.
+    tokenizer: CharTokenizer over "0123456789+-*=" (ids 0/1/2 = pad/bos/eos).
+    prompt_len: static prompt length: <bos> + the longest prompt.
+    answer_len: static answer length: the longest answer + <eos>.
+  """
+
+  def __init__(self, config: ArithmeticConfig):
+    self.config = config
+    self.tokenizer = CharTokenizer(ALPHABET)
+    self._low, self._high = config.operand_range
+    self.prompt_len = 1 + 2 * config.max_digits + 2
+    self.answer_len = 1 + max(len(str(v)) for op in config.operations
+                              for v in _extreme_answers(self._low, self._high, op))
+    self._op_indices = np.array([CANONICAL_OPERATIONS.index(op) for op in config.operations],
+                                np.int32)
+    self._op_token_ids = np.array(self.tokenizer.encode(CANONICAL_OPERATIONS), np.int32)
+    self._digit0_id = self.tokenizer.encode("0")[0]
+    self._minus_id = self.tokenizer.encode("-")[0]
+    self._equals_id = self.tokenizer.encode("=")[0]
+    with np.errstate(over="ignore"):
+      self._seed_hash = int(_fmix32(np.uint32(config.split_seed % 2**32) ^ np.uint32(0x9E3779B9), np))
+    self._threshold = min(max(round(config.eval_fraction * 2**32), 1), 2**32 - 1)
+    # Enough candidates per row that all of them being held out is ~1e-9 likely.
+    self._num_candidates = int(min(64, max(4, math.ceil(math.log(1e-9) /
+                                                        math.log(config.eval_fraction)))))
+    self._fallback = self._find_fallback_problems()
+
+  @property
+  def num_problems(self) -> int:
+    """Size of the whole problem space (train + eval)."""
+    return len(self.config.operations) * (self._high - self._low + 1)**2
+
+  def is_eval_problem(self, a, op_index, b):
+    """True where (a, op, b) is held out; op_index indexes "+-*" (not `config.operations`).
+
+    Takes numpy arrays / Python ints (returns numpy) or jax arrays (returns jnp,
+    jittable); both paths compute the same uint32 hash, bit for bit.
+    """
+    if any(isinstance(x, jax.Array) for x in (a, op_index, b)):
+      return self._hash(jnp.asarray(a), jnp.asarray(op_index), jnp.asarray(b), jnp)
+    with np.errstate(over="ignore"):   # uint32 wrap-around is the point of the hash
+      return np.asarray(self._hash(np.asarray(a), np.asarray(op_index), np.asarray(b), np))
+
+  def _hash(self, a, op_index, b, xp):
+    h = xp.uint32(self._seed_hash)
+    h = _fmix32(h ^ a.astype(xp.uint32), xp)
+    h = _fmix32(h ^ op_index.astype(xp.uint32), xp)
+    h = _fmix32(h ^ b.astype(xp.uint32), xp)
+    return h < xp.uint32(self._threshold)
+
+  def _find_fallback_problems(self) -> np.ndarray:
+    """Up to 256 training problems [n, 3] (a, canonical op, b) for `generate`'s rare fallback."""
+    rng = np.random.default_rng(self.config.split_seed % 2**32)
+    n = 4096
+    a = rng.integers(self._low, self._high + 1, n)
+    b = rng.integers(self._low, self._high + 1, n)
+    op = self._op_indices[rng.integers(0, len(self._op_indices), n)]
+    problems = np.stack([a, op, b], axis=1)
+    train = problems[~self.is_eval_problem(a, op, b)]
+    if not len(train) and self.num_problems <= MAX_ENUMERATED_PROBLEMS:
+      train = self._enumerate("train")
+    if not len(train):
+      raise ValueError(
+          f"ArithmeticConfig.eval_fraction={self.config.eval_fraction} holds out every one of the "
+          f"{self.num_problems} problems; lower it or allow more digits/operations.")
+    return train[:256].astype(np.int32)
+
+  def _enumerate(self, split: str) -> np.ndarray:
+    """All problems of a split as [n, 3] int64 (a, canonical op, b), ordered by op, a, b."""
+    if self.num_problems > MAX_ENUMERATED_PROBLEMS:
+      raise ValueError(
+          f"The arithmetic problem space has {self.num_problems} problems (max_digits="
+          f"{self.config.max_digits}, operations={self.config.operations!r}), too many to "
+          f"enumerate (limit {MAX_ENUMERATED_PROBLEMS}); use `generate` or fewer digits.")
+    b_values = np.arange(self._low, self._high + 1, dtype=np.int64)
+    rows_per_chunk = max(1, 2**22 // len(b_values))
+    found = []
+    for op in sorted(self._op_indices):
+      for start in range(self._low, self._high + 1, rows_per_chunk):
+        a_values = np.arange(start, min(start + rows_per_chunk, self._high + 1), dtype=np.int64)
+        a, b = (x.ravel() for x in np.meshgrid(a_values, b_values, indexing="ij"))
+        held_out = self.is_eval_problem(a, np.full_like(a, op), b)
+        keep = held_out if split == "eval" else ~held_out
+        found.append(np.stack([a[keep], np.full(keep.sum(), op), b[keep]], axis=1))
+    return np.concatenate(found)
+
+  def examples(self, split: str) -> list[dict]:
+    """Every problem of a split ("train" or "eval"), ordered by operation ("+-*"), a, b.
+
+    Returns dicts {"prompt": "37+85=", "answer": "122", "target": 122}. The splits
+    are disjoint and together cover the problem space.
+    """
+    if split not in ("train", "eval"):
+      raise ValueError(f"ArithmeticTask.examples: split must be 'train' or 'eval', got {split!r}.")
+    problems = self._enumerate(split)
+    if len(problems) > MAX_EXAMPLES_PER_SPLIT:
+      raise ValueError(
+          f"The {split!r} split has {len(problems)} problems, more than {MAX_EXAMPLES_PER_SPLIT} "
+          f"to hold as a list; train with `generate`, or lower eval_fraction for a smaller eval set.")
+    out = []
+    for a, op_index, b in problems.tolist():
+      op = CANONICAL_OPERATIONS[op_index]
+      target = a + b if op == "+" else a - b if op == "-" else a * b
+      out.append({"prompt": f"{a}{op}{b}=", "answer": str(target), "target": target})
+    return out
+
+  def encode(self, example: dict) -> dict[str, np.ndarray]:
+    """One example to fixed-shape arrays (host side, e.g. as a Grain map).
+
+    Returns prompt_tokens int32 [prompt_len] (left-padded, <bos> first),
+    prompt_mask bool [prompt_len], answer_tokens int32 [answer_len] (answer then
+    <eos>, right-padded), answer_mask bool [answer_len], target int32 []. A missing
+    "target" is read from "answer".
+    """
+    for field in ("prompt", "answer"):
+      if field not in example:
+        raise ValueError(f"ArithmeticTask.encode: example {example!r} has no {field!r} field.")
+    target = example.get("target", example["answer"])
+    try:
+      target = int(target)
+    except (TypeError, ValueError):
+      raise ValueError(
+          f"ArithmeticTask.encode: target {target!r} of example {example!r} is not an integer."
+      ) from None
+    prompt_tokens, prompt_mask = encode_batch(self.tokenizer, [example["prompt"]], self.prompt_len,
+                                              add_bos=True, padding_side="left")
+    answer_tokens, answer_mask = encode_batch(self.tokenizer, [example["answer"]], self.answer_len,
+                                              add_eos=True, padding_side="right")
+    return {"prompt_tokens": prompt_tokens[0], "prompt_mask": prompt_mask[0],
+            "answer_tokens": answer_tokens[0], "answer_mask": answer_mask[0],
+            "target": np.int32(target)}
+
+  def generate(self, rng: jax.Array, batch_size: int) -> dict[str, jax.Array]:
+    """Draws `batch_size` training problems in-graph (jittable); same arrays as batched `encode`.
+
+    Each row draws several uniform candidates and keeps the first that is not
+    held out (uniform over training problems); if all are held out (~1e-9), it
+    takes a problem from a fixed table of known training problems instead, so an
+    eval problem is never produced.
+    """
+    # One randint call for a, b, op and the fallback row: each call is a separate
+    # threefry kernel, and compiling four of them dominated this function's compile time.
+    low = np.array([self._low, self._low, 0, 0], np.int32)[:, None, None]
+    high = np.array([self._high + 1, self._high + 1, len(self._op_indices), len(self._fallback)],
+                    np.int32)[:, None, None]
+    draws = jax.random.randint(rng, (4, batch_size, self._num_candidates), low, high, jnp.int32)
+    a, b = draws[0], draws[1]                                             # [batch, candidates]
+    op = jnp.asarray(self._op_indices)[draws[2]]
+    is_train = ~self.is_eval_problem(a, op, b)
+    first = jnp.argmax(is_train, axis=1)[:, None]
+    fallback = jnp.asarray(self._fallback)[draws[3, :, 0]]                # [batch, 3]
+    any_train = jnp.any(is_train, axis=1)
+    pick = lambda x, column: jnp.where(any_train, jnp.take_along_axis(x, first, 1)[:, 0],
+                                       fallback[:, column])
+    a, op, b = pick(a, 0), pick(op, 1), pick(b, 2)
+    target = jnp.where(op == 0, a + b, jnp.where(op == 1, a - b, a * b))
+    prompt_tokens, prompt_mask = self._prompt_tokens(a, op, b)
+    answer_tokens, answer_mask = self._answer_tokens(target)
+    return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
+            "answer_tokens": answer_tokens, "answer_mask": answer_mask, "target": target}
+
+  def _prompt_tokens(self, a, op, b) -> tuple[jax.Array, jax.Array]:
+    """[batch] operands -> "<bos>a<op>b=" right-aligned in [batch, prompt_len] (tokens, mask)."""
+    a, op, b = a[:, None], op[:, None], b[:, None]
+    len_a, len_b = _num_digits(a), _num_digits(b)
+    length = 3 + len_a + len_b                          # <bos>, digits, op, digits, '='
+    column = jnp.arange(self.prompt_len)[None, :] - (self.prompt_len - length)
+    digit0 = self._digit0_id
+    tokens = jnp.select(
+        [column < 0, column == 0, column <= len_a, column == len_a + 1, column < length - 1],
+        [self.tokenizer.pad_id, self.tokenizer.bos_id, digit0 + _digit_at(a, len_a, column - 1),
+         jnp.asarray(self._op_token_ids)[op], digit0 + _digit_at(b, len_b, column - len_a - 2)],
+        self._equals_id)
+    return tokens.astype(jnp.int32), column >= 0
+
+  def _answer_tokens(self, target) -> tuple[jax.Array, jax.Array]:
+    """[batch] int32 answers -> "[-]digits<eos>" left-aligned in [batch, answer_len] (tokens, mask)."""
+    target = target[:, None]
+    sign = (target < 0).astype(jnp.int32)
+    magnitude = jnp.abs(target)
+    digits = _num_digits(magnitude)
+    column = jnp.arange(self.answer_len)[None, :]
+    tokens = jnp.select(
+        [column < sign, column < sign + digits, column == sign + digits],
+        [self._minus_id, self._digit0_id + _digit_at(magnitude, digits, column - sign),
+         self.tokenizer.eos_id],
+        self.tokenizer.pad_id)
+    return tokens.astype(jnp.int32), column <= sign + digits
+
+  def parse_leading_integer(self, tokens: jax.Array, mask: jax.Array
+                            ) -> tuple[jax.Array, jax.Array]:
+    """Reads the integer a completion starts with: [batch, n] tokens/mask -> (value int32 [batch], valid bool [batch]).
+
+    The integer is an optional '-' then one or more digits, ending at the first
+    token that is not a masked-in digit (eos, '=', '+', pad, a masked-out
+    position, or the end). Leading zeros are read as the number's value ("0122"
+    is 122, "-0" is 0): a model that pads its answer still states the right
+    number, and exact string match is the answer_tokens' job (the SFT loss).
+    Invalid (value 0): no digit ("", "-", "=5") or more than 9 digits (int32).
+    """
+    tokens = jnp.asarray(tokens).astype(jnp.int32)
+    mask = jnp.asarray(mask).astype(bool)
+    digit = tokens - self._digit0_id
+    is_digit = mask & (digit >= 0) & (digit <= 9)
+    negative = mask[:, 0] & (tokens[:, 0] == self._minus_id)
+    # Shift signed rows left by one so every row's digits start at column 0 (static shapes).
+    shift = lambda x: jnp.where(negative[:, None],
+                                jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1), x)
+    is_digit, digit = shift(is_digit), shift(digit)
+    in_number = jnp.cumprod(is_digit.astype(jnp.int32), axis=1).astype(bool)
+    num_digits = jnp.sum(in_number, axis=1, dtype=jnp.int32)
+    valid = (num_digits >= 1) & (num_digits <= MAX_ANSWER_DIGITS)
+    exponent = num_digits[:, None] - 1 - jnp.arange(tokens.shape[1])[None, :]
+    # Only terms of valid (<= 9-digit) numbers are summed, so int32 never overflows.
+    use = in_number & (exponent < MAX_ANSWER_DIGITS)
+    terms = jnp.where(use, digit * jnp.asarray(_POW10)[jnp.clip(exponent, 0, 9)], 0)
+    magnitude = jnp.sum(terms, axis=1, dtype=jnp.int32)
+    value = jnp.where(valid, jnp.where(negative, -magnitude, magnitude), 0)
+    return value, valid
+
+  def verify(self, completion_tokens: jax.Array, completion_mask: jax.Array,
+             target: jax.Array) -> jax.Array:
+    """Exact-answer reward: float32 [batch], 1 iff the completion's leading integer equals target.
+
+    completion_tokens/completion_mask [batch, n] as in `Rollout.tokens` /
+    `Rollout.completion_mask`; target int32 [batch]. Pure JAX, jittable.
+    """
+    value, valid = self.parse_leading_integer(completion_tokens, completion_mask)
+    return (valid & (value == jnp.asarray(target).astype(jnp.int32))).astype(jnp.float32)
+
+  def decode_completion(self, tokens_row) -> str:
+    """Host-side text of one completion up to (not including) its first <eos>, for logging."""
+    ids = [int(i) for i in np.asarray(tokens_row).reshape(-1)]
+    if self.tokenizer.eos_id in ids:
+      ids = ids[:ids.index(self.tokenizer.eos_id)]
+    return self.tokenizer.decode(ids)
