@@ -10,9 +10,8 @@ The hash uses the operation's index in the canonical "+-*" (not its index in
 digit counts a config enables: "12+34" is held out in every config or in none
 with the same `eval_fraction` and `split_seed`.
 
-Sampling in `generate` is uniform over the training problems of the chosen
-operation (operands uniform over the operand range, which for mixed digit
-counts means mostly long operands).
+`generate` samples uniformly over all training problems (operands uniform over
+the operand range, which for mixed digit counts means mostly long operands).
 """
 
 from __future__ import annotations
@@ -56,7 +55,8 @@ class ArithmeticConfig:
 
   def __post_init__(self):
     if not isinstance(self.min_digits, int) or self.min_digits < 1:
-      raise ValueError(f"ArithmeticConfig.min_digits must be an integer >= 1, got {self.min_digits!r}.")
+      raise ValueError(
+          f"ArithmeticConfig.min_digits must be an integer >= 1, got {self.min_digits!r}.")
     if not isinstance(self.max_digits, int) or self.max_digits < self.min_digits:
       raise ValueError(
           f"ArithmeticConfig.max_digits must be an integer >= min_digits={self.min_digits}, "
@@ -210,10 +210,12 @@ class ArithmeticTask:
     return np.concatenate(found)
 
   def examples(self, split: str) -> list[dict]:
-    """Every problem of a split ("train" or "eval"), ordered by operation ("+-*"), a, b.
+    """Every problem of a split ("train" or "eval") as dicts.
 
-    Returns dicts {"prompt": "37+85=", "answer": "122", "target": 122}. The splits
-    are disjoint and together cover the problem space.
+    Each dict is {"prompt": "37+85=", "answer": "122", "target": 122}. The splits are disjoint and together cover the problem space. The order is
+    a fixed permutation (seeded by split_seed), so any prefix is a uniform
+    sample of the split: `examples("eval")[:256]` is a fair small eval set,
+    where a sorted list's prefix would hold only the smallest operands.
     """
     if split not in ("train", "eval"):
       raise ValueError(f"ArithmeticTask.examples: split must be 'train' or 'eval', got {split!r}.")
@@ -222,8 +224,10 @@ class ArithmeticTask:
       raise ValueError(
           f"The {split!r} split has {len(problems)} problems, more than {MAX_EXAMPLES_PER_SPLIT} "
           f"to hold as a list; train with `generate`, or lower eval_fraction for a smaller eval set.")
+    order = np.random.default_rng([self.config.split_seed % 2**32, split == "eval"]).permutation(
+        len(problems))
     out = []
-    for a, op_index, b in problems.tolist():
+    for a, op_index, b in problems[order].tolist():
       op = CANONICAL_OPERATIONS[op_index]
       target = a + b if op == "+" else a - b if op == "-" else a * b
       out.append({"prompt": f"{a}{op}{b}=", "answer": str(target), "target": target})
@@ -314,7 +318,9 @@ class ArithmeticTask:
 
   def parse_leading_integer(self, tokens: jax.Array, mask: jax.Array
                             ) -> tuple[jax.Array, jax.Array]:
-    """Reads the integer a completion starts with: [batch, n] tokens/mask -> (value int32 [batch], valid bool [batch]).
+    """Reads the integer a completion starts with.
+
+    tokens, mask [batch, n] -> (value int32 [batch], valid bool [batch]).
 
     The integer is an optional '-' then one or more digits, ending at the first
     token that is not a masked-in digit (eos, '=', '+', pad, a masked-out

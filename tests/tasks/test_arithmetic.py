@@ -122,6 +122,11 @@ def test_examples_split_is_disjoint_complete_and_consistent(task):
     assert example["target"] == expected and example["answer"] == str(expected)
   # Deterministic, and a problem's split does not depend on which operations are enabled.
   assert task.examples("eval") == held_out
+  # The fixed order is shuffled, so a prefix is a fair sample (not just the smallest operands).
+  prefix = held_out[:100]
+  assert {e["prompt"][2] for e in prefix} == set("+-*")
+  first_operands = [int(e["prompt"][:2]) for e in prefix]
+  assert min(first_operands) < 30 and max(first_operands) > 80
   addition_only = ArithmeticTask(ArithmeticConfig(operations="+")).examples("eval")
   assert {e["prompt"] for e in addition_only} == {p for p in eval_prompts if "+" in p}
 
