@@ -22,6 +22,8 @@ setup(
         "tensorstore>=0.1.70",
         "numpy>=1.26",
         "chex>=0.1.90",
+        "tensorboardX>=2.6",   # TensorBoard event files without TensorFlow
+        "matplotlib>=3.8",     # training-curve plots
     ],
     extras_require={
         # NVIDIA GPUs: the CUDA 13 plugin (cuda12 for older drivers).

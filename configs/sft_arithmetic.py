@@ -1,0 +1,56 @@
+"""SFT of a transformer from scratch on integer arithmetic (default: 2-digit addition).
+
+    python launch/train.py --config=configs/sft_arithmetic.py:tiny --workdir=/tmp/sft_tiny
+
+Presets (`:arg`): `tiny` (the 3.4M-parameter model, the README demo) and
+`test` (a 2-layer model and a few steps, for smoke tests).
+Expected result (tiny, 2-core CPU): see README "Measured" — held-out exact match
+well above 90% in a few minutes.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from selfimprove.models import get_preset
+from selfimprove.sharding import DEFAULT_RULES
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  if arg not in ("tiny", "test"):
+    raise ValueError(f"configs/sft_arithmetic.py: unknown preset {arg!r}; use 'tiny' or 'test'.")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.pipeline = "sft"
+
+  config.task = ml_collections.ConfigDict(dict(
+      name="arithmetic", min_digits=2, max_digits=2, operations="+",
+      eval_fraction=0.1, split_seed=0))
+  config.data = ml_collections.ConfigDict(dict(
+      source="task",            # "task": the task's own train/eval splits; "jsonl": files below
+      train_path="", eval_path="", prompt_field="prompt", answer_field="answer",
+      shuffle=True))
+
+  model = dataclasses.asdict(get_preset("tiny"))
+  model.pop("sharding_rules")
+  config.model = ml_collections.ConfigDict(model)
+  config.sharding_rules = DEFAULT_RULES
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=100, decay="cosine", end_learning_rate_factor=0.1,
+      weight_decay=0.01, b1=0.9, b2=0.99, eps=1e-8, grad_clip_norm=1.0, grad_accum_steps=1,
+      schedule_steps=-1))
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=2000, global_batch_size=64, steps_per_call=10, log_every=50, eval_every=500,
+      checkpoint_every=500, keep_checkpoints=2, async_checkpoints=True, max_consecutive_skips=5))
+  config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_examples=-1))
+
+  if arg == "test":
+    config.model.update(dict(vocab_size=32, embed_dim=32, mlp_dim=64, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=8))
+    config.train.update(dict(num_steps=8, global_batch_size=8, steps_per_call=2, log_every=2,
+                             eval_every=4, checkpoint_every=4))
+    config.optimizer.warmup_steps = 2
+    config.eval.update(dict(batch_size=16, num_examples=32))
+  return config.lock()

@@ -1,0 +1,56 @@
+"""Trains a model: `python launch/train.py --config=configs/<experiment>.py[:preset] --workdir=DIR`.
+
+Override any config field with `--config.section.field=value`. Relaunching the
+same command resumes from the newest checkpoint in DIR (exactly: parameters,
+optimizer, RNG stream and data position). SIGTERM checkpoints and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config-field mistakes reported in one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    # ml_collections reports an unknown field as KeyError/AttributeError("'name'\nDid you mean ...").
+    message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    print(f"Config error: unknown field in {' '.join(bad) or 'the config'}: {message}", file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as error:
+    print(f"Config error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  del argv
+  import jax  # after flag parsing, so a bad flag never waits for backend start-up
+  from selfimprove.config_checks import ConfigError
+  from selfimprove.train import train
+
+  if os.environ.get("SELFIMPROVE_DISTRIBUTED"):  # multi-host: coordinator from the environment
+    jax.distributed.initialize()
+  try:
+    result = train(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as error:
+    print(f"Config error: {error}", file=sys.stderr)
+    sys.exit(2)
+  print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

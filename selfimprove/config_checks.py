@@ -1,0 +1,79 @@
+"""Start-up checks of a run config: fail before any compilation, naming the field."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A run config that cannot work; the message names the field and what is expected."""
+
+
+def _data_parallel_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  mesh = config.mesh
+  sizes = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
+  fixed = 1
+  for name, size in sizes.items():
+    if size == 0 or size < -1:
+      raise ConfigError(f"config.mesh.{name}={size}: expected a positive size or -1 (the rest).")
+    if size > 0:
+      fixed *= size
+  if num_devices % fixed:
+    raise ConfigError(
+        f"config.mesh ({sizes}) does not fit {num_devices} devices: the fixed axes' product "
+        f"{fixed} must divide the device count.")
+  if list(sizes.values()).count(-1) > 1:
+    raise ConfigError(f"config.mesh ({sizes}): at most one axis may be -1.")
+  rest = num_devices // fixed
+  resolved = {name: (rest if size == -1 else size) for name, size in sizes.items()}
+  if resolved["data"] * resolved["fsdp"] * resolved["tensor"] != num_devices:
+    raise ConfigError(f"config.mesh ({sizes}) uses {fixed} devices but {num_devices} are "
+                      f"available: set one axis to -1 or set config.mesh.num_devices.")
+  return resolved["data"] * resolved["fsdp"]
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for contradictory or impossible settings."""
+  from selfimprove.run_setup import PIPELINES, TASKS
+
+  if config.pipeline not in PIPELINES:
+    raise ConfigError(f"config.pipeline={config.pipeline!r}: expected one of {sorted(PIPELINES)}.")
+  if config.task.name not in TASKS:
+    raise ConfigError(f"config.task.name={config.task.name!r}: expected one of {sorted(TASKS)}.")
+  train = config.train
+  for field in ("num_steps", "global_batch_size", "steps_per_call", "log_every", "eval_every",
+                "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
+    if getattr(train, field) < 1:
+      raise ConfigError(f"config.train.{field}={getattr(train, field)}: expected a positive integer.")
+  for field in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+    if getattr(train, field) % train.steps_per_call:
+      raise ConfigError(
+          f"config.train.{field}={getattr(train, field)} must be a multiple of "
+          f"config.train.steps_per_call={train.steps_per_call} (steps run in groups of that size).")
+  num_devices = jax.device_count()
+  if config.mesh.num_devices > 0:
+    if config.mesh.num_devices > num_devices:
+      raise ConfigError(f"config.mesh.num_devices={config.mesh.num_devices}: only {num_devices} "
+                        f"devices are available.")
+    num_devices = config.mesh.num_devices
+  data_parallel = _data_parallel_size(config, num_devices)
+  for field, value in (("config.train.global_batch_size", train.global_batch_size),
+                       ("config.eval.batch_size", config.eval.batch_size)):
+    if value % data_parallel:
+      raise ConfigError(
+          f"{field}={value} must be divisible by the data-parallel size {data_parallel} "
+          f"(mesh data x fsdp on {num_devices} devices).")
+    if value % jax.process_count():
+      raise ConfigError(f"{field}={value} must be divisible by the number of processes "
+                        f"{jax.process_count()}.")
+  if config.data.source not in ("task", "jsonl"):
+    raise ConfigError(f"config.data.source={config.data.source!r}: expected 'task' or 'jsonl'.")
+  if config.data.source == "jsonl":
+    for field in ("train_path", "eval_path"):
+      path = getattr(config.data, field)
+      if not path or not os.path.exists(path):
+        raise ConfigError(f"config.data.{field}={path!r}: file not found (needed when "
+                          f"config.data.source='jsonl').")

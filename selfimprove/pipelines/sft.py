@@ -1,0 +1,60 @@
+"""Supervised fine-tuning on (prompt, answer) pairs; eval = exact match of greedy answers.
+
+The loss is next-token cross-entropy on the answer tokens only (the prompt is
+context). Evaluation samples greedily from the prompt and scores the completion
+with the task's in-graph verifier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from selfimprove.objectives import next_token_loss
+from selfimprove.sampling import SamplingConfig, sample
+from selfimprove.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class SFT:
+  """Batch keys: prompt_tokens/prompt_mask [batch, prompt_len] (left-padded),
+  answer_tokens/answer_mask [batch, answer_len] (right-padded), target [batch]."""
+
+  graphdef: nnx.GraphDef
+  optimizer: optax.GradientTransformation
+  task: Any                     # has verify(tokens, mask, target) -> [batch] rewards
+  eval_sampling: SamplingConfig
+  eval_metric_names: tuple[str, ...] = ("accuracy",)
+
+  def init_extra(self, params: dict) -> dict:
+    return {}
+
+  def step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
+           ) -> tuple[TrainState, dict[str, jax.Array]]:
+    del rng  # teacher forcing is deterministic
+    tokens = jnp.concatenate([batch["prompt_tokens"], batch["answer_tokens"]], axis=1)
+    mask = jnp.concatenate([batch["prompt_mask"], batch["answer_mask"]], axis=1)
+    loss_mask = jnp.concatenate([jnp.zeros_like(batch["prompt_mask"]), batch["answer_mask"]], axis=1)
+
+    def loss_fn(params):
+      logits, _ = nnx.merge(self.graphdef, params)(tokens, mask)
+      return next_token_loss(logits, tokens, loss_mask)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
+               "perf/tokens": jnp.sum(mask)}
+    return state._replace(params=params, opt_state=opt_state), metrics
+
+  def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
+               ) -> dict[str, jax.Array]:
+    model = nnx.merge(self.graphdef, params)
+    rollout = sample(model, batch["prompt_tokens"], batch["prompt_mask"], rng, self.eval_sampling)
+    correct = self.task.verify(rollout.tokens, rollout.completion_mask, batch["target"])
+    return {"accuracy": correct}

@@ -1,0 +1,75 @@
+"""Turns a run's ConfigDict into typed objects: model config, task, pipeline, records.
+
+The ConfigDict stops here: everything built below takes dataclasses or explicit
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+import optax
+from flax import nnx
+
+from selfimprove import data as data_lib
+from selfimprove.models import TransformerConfig
+from selfimprove.pipelines.base import Pipeline
+from selfimprove.pipelines.sft import SFT
+from selfimprove.sampling import SamplingConfig
+from selfimprove.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+
+PIPELINES = ("sft",)
+TASKS = ("arithmetic",)
+
+
+def build_model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                for name, axes in config.sharding_rules)
+  return TransformerConfig(**config.model.to_dict(), sharding_rules=rules)
+
+
+def build_task(config: ml_collections.ConfigDict) -> ArithmeticTask:
+  fields = {k: v for k, v in config.task.to_dict().items() if k != "name"}
+  task = ArithmeticTask(ArithmeticConfig(**fields))
+  if task.tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
+                     f"task tokenizer's vocabulary ({task.tokenizer.vocab_size}).")
+  return task
+
+
+def build_pipeline(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                   optimizer: optax.GradientTransformation, task: Any) -> Pipeline:
+  if config.pipeline == "sft":
+    eval_sampling = SamplingConfig(
+        max_new_tokens=task.answer_len, greedy=True,
+        stop_token_ids=(task.tokenizer.eos_id,), pad_token_id=task.tokenizer.pad_id)
+    return SFT(graphdef=graphdef, optimizer=optimizer, task=task, eval_sampling=eval_sampling)
+  raise ValueError(f"config.pipeline={config.pipeline!r}: expected one of {PIPELINES}.")
+
+
+def _with_targets(records: list[dict], path: str) -> list[dict]:
+  """Arithmetic records from a file: the integer target is parsed from the answer."""
+  out = []
+  for index, record in enumerate(records):
+    try:
+      target = int(str(record["answer"]).strip())
+    except ValueError:
+      raise ValueError(f"{path}: record {index + 1}: answer {record['answer']!r} is not an "
+                       f"integer (the arithmetic task needs integer answers).") from None
+    out.append(dict(record, answer=str(record["answer"]).strip(), target=target))
+  return out
+
+
+def load_records(config: ml_collections.ConfigDict, task: ArithmeticTask
+                 ) -> tuple[list[dict], list[dict]]:
+  """(train records, eval records) from the task's own splits or from JSONL files."""
+  if config.data.source == "jsonl":
+    fields = {"prompt": config.data.prompt_field, "answer": config.data.answer_field}
+    train = _with_targets(data_lib.read_jsonl(config.data.train_path, fields), config.data.train_path)
+    evals = _with_targets(data_lib.read_jsonl(config.data.eval_path, fields), config.data.eval_path)
+  else:
+    train, evals = task.examples("train"), task.examples("eval")
+  if config.eval.num_examples > 0:
+    evals = evals[:config.eval.num_examples]
+  return train, evals

@@ -1,0 +1,272 @@
+"""The trainer: the only code in the loop that touches the outside world.
+
+It builds the mesh, restores or initialises the state, feeds batches, calls the
+pipeline's compiled step (`steps_per_call` steps under one `lax.scan`), writes
+metrics, evaluates, checkpoints and handles preemption. It never knows an
+algorithm's loss: that is the pipeline's `step`.
+
+    python launch/train.py --config=configs/sft_arithmetic.py:tiny --workdir=/tmp/sft
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from selfimprove import data as data_lib
+from selfimprove import metrics as metrics_lib
+from selfimprove import sharding
+from selfimprove.checkpoint import Checkpointer, abstract_like
+from selfimprove.config_checks import validate_config
+from selfimprove.models import Transformer
+from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule
+from selfimprove.pipelines.base import Pipeline
+from selfimprove.run_setup import build_model_config, build_pipeline, build_task, load_records
+from selfimprove.train_state import TrainState, step_key
+
+# Test-only: after finalising the checkpoint of this step, print a marker and
+# sleep until killed (lets a test SIGKILL the process at a known point).
+_PAUSE_ENV = "SELFIMPROVE_TEST_PAUSE_AFTER_CHECKPOINT"
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each compiled call."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no signal handling
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: finishing the current step, then checkpointing.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def any_process_requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.array(self.requested))
+    return bool(np.any(flags))
+
+
+def _state_shardings(abstract_state: TrainState, param_shardings: dict, pipeline: Pipeline,
+                     optimizer: optax.GradientTransformation, mesh) -> TrainState:
+  replicated = sharding.replicated(mesh)
+  opt_shardings = optax.tree_map_params(
+      optimizer, lambda _, s: s, abstract_state.opt_state, param_shardings,
+      transform_non_params=lambda _: replicated)
+  extra_fn = getattr(pipeline, "extra_shardings", None)
+  extra = extra_fn(param_shardings) if extra_fn else jax.tree.map(lambda _: replicated,
+                                                                   abstract_state.extra)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                    rng=replicated, extra=extra, skipped_updates=replicated,
+                    consecutive_skips=replicated)
+
+
+def warn_if_recompiled(jitted: Any, name: str, step: int) -> bool:
+  """Logs a warning (and returns True) if `jitted` has compiled more than once."""
+  if jitted._cache_size() <= 1:
+    return False
+  logging.warning("The %s recompiled by step %d: some input changed shape, dtype or sharding. "
+                  "Shapes must be static; each recompilation costs a full compile.", name, step)
+  return True
+
+
+def _stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def _device_batch(batch: dict[str, np.ndarray], mesh, rules, leading_dims: int) -> dict[str, jax.Array]:
+  """Global arrays from this process's rows; the batch axis follows `leading_dims` axes."""
+  batch_axes = sharding.logical_to_spec(("batch",), rules, mesh.axis_names)[0]
+
+  def put(x):
+    spec = PartitionSpec(*([None] * leading_dims), batch_axes, *([None] * (x.ndim - leading_dims - 1)))
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
+
+  return jax.tree.map(put, batch)
+
+
+def evaluate(eval_fn, params, batches, mesh, rules, rng, names) -> dict[str, float]:
+  """Means over the real (non-padding) rows of fixed eval batches."""
+  totals = {name: 0.0 for name in names}
+  count = 0
+  process, processes = jax.process_index(), jax.process_count()
+  for batch in batches:
+    valid = batch["valid"]
+    rows = len(valid) // processes
+    local = {k: v[process * rows:(process + 1) * rows] for k, v in batch.items() if k != "valid"}
+    values = jax.device_get(eval_fn(params, _device_batch(local, mesh, rules, 0), rng))
+    if processes > 1:
+      values = multihost_utils.process_allgather(values, tiled=True)
+    for name in names:
+      totals[name] += float(np.sum(np.asarray(values[name])[valid]))
+    count += int(valid.sum())
+  return {f"eval/{name}": totals[name] / max(count, 1) for name in names}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run described by `config` in `workdir`; returns the final metrics."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  devices = jax.devices()
+  if config.mesh.num_devices > 0:
+    devices = devices[:config.mesh.num_devices]
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+  model_config = build_model_config(config)
+  rules = model_config.sharding_rules
+  task = build_task(config)
+  num_steps = config.train.num_steps
+  optimizer_config = OptimizerConfig(**config.optimizer)
+  optimizer = make_optimizer(optimizer_config, num_steps)
+  schedule = make_schedule(optimizer_config, num_steps)
+
+  abstract_model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract_model)
+  param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
+  pipeline = build_pipeline(config, graphdef, optimizer, task)
+
+  def init_state() -> TrainState:
+    model = Transformer(model_config, rngs=nnx.Rngs(params=config.seed))
+    params = nnx.to_pure_dict(nnx.state(model))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params),
+                      rng=jax.random.key_data(jax.random.key(config.seed)),
+                      extra=pipeline.init_extra(params),
+                      skipped_updates=jnp.zeros((), jnp.int32),
+                      consecutive_skips=jnp.zeros((), jnp.int32))
+
+  abstract_state = jax.eval_shape(init_state)
+  state_shardings = _state_shardings(abstract_state, param_shardings, pipeline, optimizer, mesh)
+
+  train_records, eval_records = load_records(config, task)
+  iterator = data_lib.make_iterator(
+      train_records, task.encode, global_batch_size=config.train.global_batch_size,
+      seed=config.seed, shuffle=config.data.shuffle)
+  eval_batches = data_lib.eval_batches(eval_records, task.encode, config.eval.batch_size)
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                              async_save=config.train.async_checkpoints)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    logging.info("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
+    state, data_state = checkpointer.restore(start_step, abstract_like(abstract_state, state_shardings))
+    iterator.set_state(data_state["iterator"])
+  else:
+    start_step = 0
+    state = jax.jit(init_state, out_shardings=state_shardings)()
+
+  def one_step(state: TrainState, batch):
+    new_state, step_metrics = pipeline.step(state, batch, step_key(state))
+    finite = jnp.isfinite(step_metrics["train/loss"]) & jnp.isfinite(step_metrics["train/grad_norm"])
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    kept = kept._replace(
+        step=state.step + 1,
+        skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
+        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
+    return kept, dict(step_metrics, **{"train/skipped_updates": kept.skipped_updates})
+
+  def run_steps(state: TrainState, batches):
+    return jax.lax.scan(one_step, state, batches)
+
+  steps_per_call = config.train.steps_per_call
+  replicated = sharding.replicated(mesh)
+  compiled_steps = jax.jit(run_steps, out_shardings=(state_shardings, replicated), donate_argnums=0)
+  eval_fn = jax.jit(pipeline.evaluate, out_shardings=replicated)
+  eval_rng = jax.random.key(config.seed + 1)
+
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
+  progress = metrics_lib.ProgressBar(num_steps, initial_step=start_step,
+                                     keys=("train/loss",) + tuple(f"eval/{n}" for n in pipeline.eval_metric_names))
+  pause_step = int(os.environ.get(_PAUSE_ENV, "-1"))
+  step = start_step
+  last_eval: dict[str, float] = {}
+  warned_recompile = False  # warn once per run
+  interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
+  with jax.set_mesh(mesh), _Preemption() as preemption:
+    while step < num_steps:
+      batches = _stack_batches([next(iterator) for _ in range(steps_per_call)])
+      state, call_metrics = compiled_steps(state, _device_batch(batches, mesh, rules, 1))
+      step += steps_per_call
+      warned_recompile = warned_recompile or warn_if_recompiled(compiled_steps, "training step", step)
+      call_metrics = jax.device_get(call_metrics)
+      interval_tokens += float(np.sum(call_metrics["perf/tokens"]))
+      interval_steps += steps_per_call
+      consecutive = int(jax.device_get(state.consecutive_skips))
+      if consecutive >= config.train.max_consecutive_skips:
+        checkpointer.close()
+        raise FloatingPointError(
+            f"{consecutive} consecutive steps up to step {step} had a non-finite loss or gradient "
+            f"norm; their updates were skipped. Stopping (config.train.max_consecutive_skips="
+            f"{config.train.max_consecutive_skips}). The last checkpoint "
+            f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is intact.")
+
+      row: dict[str, float] = {}
+      if step % config.train.log_every == 0 or step == num_steps:
+        elapsed = time.perf_counter() - interval_start
+        for i in range(steps_per_call):
+          s = step - steps_per_call + i + 1
+          if s % config.train.log_every and s != step:
+            continue
+          row = {k: float(v[i]) for k, v in call_metrics.items() if k != "perf/tokens"}
+          row["train/learning_rate"] = float(schedule(max(s - 1, 0) // optimizer_config.grad_accum_steps))
+          row["perf/steps_per_sec"] = interval_steps / elapsed
+          row["perf/tokens_per_sec"] = interval_tokens / elapsed
+          if s == step and (step % config.train.eval_every == 0 or step == num_steps):
+            last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
+                                 pipeline.eval_metric_names)
+            row.update(last_eval)
+          writer.write(s, row)
+        interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
+      elif step % config.train.eval_every == 0:
+        last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
+                             pipeline.eval_metric_names)
+        row = dict(last_eval)
+        writer.write(step, row)
+      progress.update(step, {k: float(v[-1]) for k, v in call_metrics.items()} | last_eval)
+
+      preempted = preemption.any_process_requested()
+      if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
+        checkpointer.save(step, state, {"iterator": iterator.get_state()})
+        if step == pause_step:
+          checkpointer.wait()
+          print(f"CHECKPOINT {step} FINALIZED", flush=True)
+          while True:
+            time.sleep(60)
+      if preempted:
+        logging.warning("Preempted: checkpoint at step %d saved; exiting.", step)
+        break
+  checkpointer.close()
+  progress.close()
+  writer.close()
+  if jax.process_index() == 0:
+    plot_path = metrics_lib.plot_metrics(workdir)
+    print(metrics_lib.summarize(workdir))
+    print(f"curves: {plot_path}")
+  return {"step": step, **last_eval}

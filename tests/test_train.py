@@ -1,0 +1,102 @@
+"""The trainer in-process: steps_per_call, metrics files, mesh changes on resume, NaN handling, JSONL."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from selfimprove import train as train_lib
+from selfimprove.config_checks import ConfigError, validate_config
+from tests.train_helpers import assert_trees_equal, final_params, read_metrics, make_test_config
+
+
+def test_steps_per_call_gives_the_same_parameters_as_single_calls(tmp_path):
+  train_lib.train(make_test_config(**{"train.steps_per_call": 1}), str(tmp_path / "one"))
+  train_lib.train(make_test_config(**{"train.steps_per_call": 4, "train.eval_every": 8,
+                                 "train.log_every": 4}), str(tmp_path / "four"))
+  step_one, params_one = final_params(str(tmp_path / "one"))
+  step_four, params_four = final_params(str(tmp_path / "four"))
+  assert step_one == step_four == 8
+  assert_trees_equal(params_one, params_four)
+
+
+def test_metrics_tensorboard_plot_and_config_are_written(tmp_path):
+  workdir = str(tmp_path)
+  result = train_lib.train(make_test_config(), workdir)
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [2, 4, 6, 8]
+  for row in rows:
+    for key in ("train/loss", "train/learning_rate", "train/grad_norm", "perf/tokens_per_sec",
+                "perf/steps_per_sec", "train/skipped_updates"):
+      assert key in row and np.isfinite(row[key]), (key, row)
+  assert [r["step"] for r in rows if "eval/accuracy" in r] == [4, 8]
+  assert 0.0 <= result["eval/accuracy"] <= 1.0
+  assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tb")))
+  assert os.path.getsize(os.path.join(workdir, "curves.png")) > 0
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["train"]["num_steps"] == 8
+
+
+def test_resume_on_a_different_mesh(tmp_path):
+  """Saved on 1 device, restored on a (data=2, fsdp=2, tensor=2) mesh of 8 devices."""
+  one_device = {"mesh.num_devices": 1, "mesh.data": 1}
+  train_lib.train(make_test_config(**one_device), str(tmp_path / "full"))
+  _, expected = final_params(str(tmp_path / "full"))
+
+  workdir = str(tmp_path / "moved")
+  # The first leg stops at step 4 with the full run's learning-rate schedule.
+  train_lib.train(make_test_config(**one_device, **{"train.num_steps": 4, "optimizer.schedule_steps": 8}),
+                  workdir)
+  train_lib.train(make_test_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}), workdir)
+  step, resumed = final_params(workdir)
+  assert step == 8
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), resumed, expected)
+
+
+def test_non_finite_updates_are_skipped_and_stop_the_run(tmp_path):
+  config = make_test_config(**{"optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
+                          "train.max_consecutive_skips": 3, "train.num_steps": 40,
+                          "train.checkpoint_every": 2})
+  with pytest.raises(FloatingPointError, match=r"consecutive steps up to step \d+ had a non-finite") as error:
+    train_lib.train(config, str(tmp_path))
+  consecutive = int(str(error.value).split()[0])
+  assert consecutive >= 3   # checked after each call of steps_per_call=2 steps
+  rows = read_metrics(str(tmp_path))
+  assert rows[-1]["train/skipped_updates"] >= 1
+  step, params = final_params(str(tmp_path))
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params)), "checkpoint must hold finite params"
+
+
+def test_jsonl_source_and_malformed_line(tmp_path):
+  train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+  train_file.write_text("\n".join(json.dumps({"q": f"{a}+{b}=", "a": str(a + b)})
+                                  for a in range(10, 30) for b in range(10, 12)) + "\n")
+  eval_file.write_text(json.dumps({"q": "12+13=", "a": "25"}) + "\n")
+  overrides = {"data.source": "jsonl", "data.train_path": str(train_file),
+               "data.eval_path": str(eval_file), "data.prompt_field": "q", "data.answer_field": "a"}
+  train_lib.train(make_test_config(**overrides, **{"train.num_steps": 4}), str(tmp_path / "run"))
+  assert read_metrics(str(tmp_path / "run"))[-1]["step"] == 4
+  eval_file.write_text(json.dumps({"q": "1+1=", "a": "2"}) + "\n{not json\n")
+  with pytest.raises(ValueError, match=r"eval.jsonl:2"):
+    train_lib.train(make_test_config(**overrides), str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.global_batch_size": 6}, r"config.train.global_batch_size=6 must be divisible by the data-parallel size 8"),
+    ({"train.eval_every": 3}, r"config.train.eval_every=3 must be a multiple of config.train.steps_per_call=2"),
+    ({"mesh.data": 3}, r"config.mesh .* does not fit 8 devices"),
+    ({"pipeline": "dpo"}, r"config.pipeline='dpo'"),
+])
+def test_contradictory_settings_name_the_field(overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    validate_config(make_test_config(**overrides))
+
+
+def test_recompilation_is_detected():
+  jitted = jax.jit(lambda x: x * 2)
+  jitted(np.ones(3))
+  assert not train_lib.warn_if_recompiled(jitted, "toy", 1)
+  jitted(np.ones(4))
+  assert train_lib.warn_if_recompiled(jitted, "toy", 2)
