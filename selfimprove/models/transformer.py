@@ -30,19 +30,33 @@ _REMAT_POLICIES = {
 
 
 class Block(nnx.Module):
-  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x))."""
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)).
+
+  With `config.post_norms` (Gemma2) the attention and MLP outputs are also
+  normalised before they are added: x + post_norm(attn(norm(x))).
+  """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    kw = dict(eps=config.norm_eps, param_dtype=config.params_dtype, rngs=rngs)
+    self.config = config
+    kw = dict(eps=config.norm_eps, param_dtype=config.params_dtype, rngs=rngs,
+              offset=config.norm_offset)
     self.attention_norm = RMSNorm(config.embed_dim, **kw)
     self.attention = Attention(config, rngs=rngs)
     self.mlp_norm = RMSNorm(config.embed_dim, **kw)
     self.mlp = MLP(config, rngs=rngs)
+    if config.post_norms:
+      self.post_attention_norm = RMSNorm(config.embed_dim, **kw)
+      self.post_mlp_norm = RMSNorm(config.embed_dim, **kw)
 
   def __call__(self, x, positions, attention_mask, cache=None):
     y, new_cache = self.attention(self.attention_norm(x), positions, attention_mask, cache)
+    if self.config.post_norms:
+      y = self.post_attention_norm(y)
     x = x + y
-    x = x + self.mlp(self.mlp_norm(x))
+    y = self.mlp(self.mlp_norm(x))
+    if self.config.post_norms:
+      y = self.post_mlp_norm(y)
+    x = x + y
     return x, new_cache
 
 
@@ -61,7 +75,8 @@ class Transformer(nnx.Module):
       return Block(config, rngs=rngs)
 
     self.blocks = make_blocks(rngs)
-    self.final_norm = RMSNorm(config.embed_dim, eps=config.norm_eps, param_dtype=pd, rngs=rngs)
+    self.final_norm = RMSNorm(config.embed_dim, eps=config.norm_eps, param_dtype=pd, rngs=rngs,
+                              offset=config.norm_offset)
     if not config.tie_embeddings:
       self.lm_head = make_param(
           rngs, jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
@@ -98,13 +113,24 @@ class Transformer(nnx.Module):
       query_slots = cache.index + jnp.arange(seq)
     key_slots = jnp.arange(key_valid.shape[1])
     causal = key_slots[None, :] <= query_slots[:, None]          # [seq, kv_len]
-    attention_mask = key_valid[:, None, :] & causal[None]       # [batch, seq, kv_len]
+    global_mask = key_valid[:, None, :] & causal[None]          # [batch, seq, kv_len]
+    local_mask = self._sliding_window_mask(global_mask, positions, key_valid)
+    local_layers = jnp.asarray(cfg.local_layers)                 # [layers] bool
 
     x = self.embedding[...].astype(cfg.compute_dtype)[tokens]
+    if cfg.scale_embeddings:
+      # In the compute dtype, as HF does (sqrt(3072) is 55.5 in bfloat16).
+      x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.compute_dtype)
     x = constrain(x, ("batch", "seq", "act_embed"), rules)
     block_def, block_params = nnx.split(self.blocks)
 
-    def run_block(x, layer_params, layer_cache):
+    def run_block(x, layer_params, is_local, layer_cache):
+      # is_local is per-layer scanned data (a traced bool), so alternating
+      # local/global layers share one compiled block.
+      if local_mask is None:
+        attention_mask = global_mask
+      else:
+        attention_mask = jnp.where(is_local, local_mask, global_mask)
       block = nnx.merge(block_def, layer_params)
       x, new_cache = block(x, positions, attention_mask, layer_cache)
       return constrain(x, ("batch", "seq", "act_embed"), rules), new_cache
@@ -113,10 +139,10 @@ class Transformer(nnx.Module):
       run_block = jax.checkpoint(run_block, policy=_REMAT_POLICIES[cfg.remat])
 
     if cache is None:
-      x = self._run_blocks_without_cache(run_block, x, block_params)
+      x = self._run_blocks_without_cache(run_block, x, block_params, local_layers)
       new_cache = None
     else:
-      x, key, value = self._run_blocks_with_cache(run_block, x, block_params, cache)
+      x, key, value = self._run_blocks_with_cache(run_block, x, block_params, local_layers, cache)
       new_cache = KVCache(key=key, value=value, slot_mask=key_valid,
                           lengths=cache.lengths + input_mask.sum(axis=1, dtype=jnp.int32),
                           index=cache.index + seq)
@@ -128,31 +154,51 @@ class Transformer(nnx.Module):
       head = self.lm_head[...]
     logits = jnp.einsum("bte,ev->btv", x, head.astype(cfg.compute_dtype),
                         preferred_element_type=jnp.float32)
+    if cfg.final_logit_softcap is not None:
+      logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
     return constrain(logits, ("batch", "seq", "act_vocab"), rules), new_cache
 
-  def _run_blocks_without_cache(self, run_block, x, block_params):
+  def _sliding_window_mask(self, global_mask: jax.Array, positions: jax.Array,
+                           key_valid: jax.Array) -> jax.Array | None:
+    """global_mask restricted to keys less than sliding_window real tokens back (None: no window).
+
+    Distances count real tokens (rotary positions), so padding holes do not
+    shrink the window; with left or right padding this is HF's slot distance.
+    """
+    window = self.config.sliding_window
+    if window is None:
+      return None
+    # A real key's position is the number of real slots before it; padded
+    # slots are masked anyway.
+    key_positions = jnp.cumsum(key_valid, axis=1, dtype=jnp.int32) - 1     # [batch, kv_len]
+    distance = positions[:, :, None] - key_positions[:, None, :]          # [batch, seq, kv_len]
+    return global_mask & (distance < window)
+
+  def _run_blocks_without_cache(self, run_block, x, block_params, local_layers):
     if self.config.scan_layers:
-      def body(x, layer_params):
-        return run_block(x, layer_params, None)[0], None
-      return jax.lax.scan(body, x, block_params)[0]
+      def body(x, layer):
+        layer_params, is_local = layer
+        return run_block(x, layer_params, is_local, None)[0], None
+      return jax.lax.scan(body, x, (block_params, local_layers))[0]
     for i in range(self.config.num_layers):
-      x = run_block(x, jax.tree.map(lambda p: p[i], block_params), None)[0]
+      x = run_block(x, jax.tree.map(lambda p: p[i], block_params), local_layers[i], None)[0]
     return x
 
-  def _run_blocks_with_cache(self, run_block, x, block_params, cache: KVCache):
+  def _run_blocks_with_cache(self, run_block, x, block_params, local_layers, cache: KVCache):
     """Runs the blocks, each writing its new keys/values into the stacked cache in place."""
 
     def body(carry, layer):
       x, key, value = carry
-      layer_params, i = layer
-      x, (key, value) = run_block(x, layer_params, (key, value, i, cache.index))
+      layer_params, is_local, i = layer
+      x, (key, value) = run_block(x, layer_params, is_local, (key, value, i, cache.index))
       return (x, key, value), None
 
     carry = (x, cache.key, cache.value)
     if self.config.scan_layers:
-      return jax.lax.scan(body, carry, (block_params, jnp.arange(self.config.num_layers)))[0]
+      layers = (block_params, local_layers, jnp.arange(self.config.num_layers))
+      return jax.lax.scan(body, carry, layers)[0]
     for i in range(self.config.num_layers):
-      carry = body(carry, (jax.tree.map(lambda p: p[i], block_params), i))[0]
+      carry = body(carry, (jax.tree.map(lambda p: p[i], block_params), local_layers[i], i))[0]
     return carry
 
 
