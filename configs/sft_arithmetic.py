@@ -42,8 +42,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       weight_decay=0.01, b1=0.9, b2=0.99, eps=1e-8, grad_clip_norm=1.0, grad_accum_steps=1,
       schedule_steps=-1))
   config.train = ml_collections.ConfigDict(dict(
-      num_steps=2000, global_batch_size=64, steps_per_call=10, log_every=50, eval_every=500,
-      checkpoint_every=500, keep_checkpoints=2, async_checkpoints=True, max_consecutive_skips=5))
+      num_steps=1000, global_batch_size=64, steps_per_call=10, log_every=50, eval_every=250,
+      checkpoint_every=250, keep_checkpoints=2, async_checkpoints=True, max_consecutive_skips=5))
   config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_examples=-1))
 
   if arg == "test":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,6 +42,9 @@ def main(argv):
   from selfimprove.config_checks import ConfigError
   from selfimprove.train import train
 
+  if not flags.FLAGS["verbosity"].present:
+    # Orbax logs every save step at INFO; keep the console to the progress bar and warnings.
+    logging.set_verbosity(logging.WARNING)
   if os.environ.get("SELFIMPROVE_DISTRIBUTED"):  # multi-host: coordinator from the environment
     jax.distributed.initialize()
   try:

@@ -175,7 +175,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                               async_save=config.train.async_checkpoints)
   start_step = checkpointer.latest_step()
   if start_step is not None:
-    logging.info("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
+    # Logged as a warning so it shows at the launcher's default (quiet) verbosity.
+    logging.warning("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
     state, data_state = checkpointer.restore(start_step, abstract_like(abstract_state, state_shardings))
     iterator.set_state(data_state["iterator"])
   else:

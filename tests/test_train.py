@@ -24,7 +24,8 @@ def test_steps_per_call_gives_the_same_parameters_as_single_calls(tmp_path):
 
 def test_metrics_tensorboard_plot_and_config_are_written(tmp_path):
   workdir = str(tmp_path)
-  result = train_lib.train(make_test_config(), workdir)
+  result = train_lib.train(make_test_config(**{"train.keep_checkpoints": 1}), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]   # keep last K=1
   rows = read_metrics(workdir)
   assert [r["step"] for r in rows] == [2, 4, 6, 8]
   for row in rows:
