@@ -1,6 +1,13 @@
 """Test set-up: 8 fake CPU devices for mesh tests, float32 matmuls, small model configs."""
 
 import os
+import tempfile
+
+# Compiled programs are cached on disk and shared by the suite's processes (the launcher tests
+# start several identical runs); set before jax starts so subprocesses inherit it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "selfimprove-test-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # Must happen before jax initialises its backends.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
