@@ -1,5 +1,7 @@
 """A tiny model and the arithmetic task for pipeline tests."""
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
@@ -14,8 +16,13 @@ def tiny_model_config(vocab_size: int = 17) -> TransformerConfig:
                            num_heads=2, num_kv_heads=1, head_dim=16)
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_model(seed: int = 0) -> tuple[nnx.GraphDef, dict]:
-  """(graphdef, pure-dict params) of a freshly initialised tiny transformer."""
+  """(graphdef, pure-dict params) of a tiny transformer initialised with `seed`.
+
+  Cached (eager initialisation takes seconds); the arrays are immutable, do not
+  mutate the returned dict.
+  """
   model = Transformer(tiny_model_config(), rngs=nnx.Rngs(params=seed))
   graphdef, state = nnx.split(model)
   return graphdef, nnx.to_pure_dict(state)

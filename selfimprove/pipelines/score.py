@@ -1,0 +1,295 @@
+"""SCoRe: two-attempt self-correction RL (Kumar et al. 2024, arXiv 2409.12917) in one jitted step.
+
+Each step samples attempt 1 from the prompt, appends it and a fixed correction
+instruction to the context, samples attempt 2, verifies both with the task's
+in-graph verifier, re-scores both turns under the current and the frozen
+reference policy, and takes one optimizer step on
+
+  Stage I  (state.step < stage1_steps):
+      PG(turn 2, reward r2)              + beta2 * KL_turn1
+  Stage II (afterwards):
+      PG(turn 1, r1) + beta1 * KL_turn1  + PG(turn 2, r2 + alpha (r2 - r1)) + beta1 * KL_turn2
+
+where PG is REINFORCE (`objectives.policy_gradient_loss`; optional RLOO or
+group-mean baselines) and each KL is a per-token estimate over that turn's own
+tokens given that turn's own context. The stage is a traced `where` on the
+coefficients, so both stages share one compiled step.
+
+Modes (`SCoReConfig.mode`), the same code with different coefficients:
+  "score": the method above.
+  "multiturn_rl_baseline": Stage II only, alpha = 0 (the paper's "without
+      Stage I, without shaping" multi-turn RL baseline).
+  "star_baseline": STaR-style SFT on the model's own two-turn traces whose
+      attempt 2 is correct: maximum likelihood of both attempts of the kept
+      traces (REINFORCE with a 0/1 advantage = r2 and no KL).
+
+Deviation notes: log-probs are re-scored at temperature 1; with a sampling
+`temperature` != 1 the samples come from a different distribution than the
+one the gradient is taken for (the paper samples at 1.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from selfimprove import multiturn
+from selfimprove.objectives import (ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, advantages,
+                                    per_token_kl, policy_gradient_loss, score_shaped_rewards)
+from selfimprove.sampling import SamplingConfig, sample
+from selfimprove.train_state import TrainState
+
+MODES = ("score", "multiturn_rl_baseline", "star_baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class SCoReConfig:
+  """SCoRe settings (paper values for MATH in parentheses).
+
+  Attributes:
+    correction_instruction: text appended after attempt 1 (encoded with the
+      task's tokenizer; must be non-empty).
+    max_new_tokens: completion budget of each attempt.
+    stage1_steps: training steps in Stage I before Stage II starts.
+    alpha: shaping coefficient of the turn-2 bonus alpha * (r2 - r1) (10).
+    beta1: Stage II KL weight on both turns (0.01).
+    beta2: Stage I KL weight on turn 1 (0.1).
+    kl_estimator: "k1" or "k3" (see objectives.kl_k1/kl_k3). Default k3: as a
+      loss term k1's gradient has zero expectation (it only adds noise).
+    advantage: "reinforce" (the paper's plain REINFORCE), "rloo" or "group_mean".
+    num_samples_per_prompt: attempt-1 samples per prompt (each gets one attempt 2).
+    temperature: sampling temperature of both attempts in training (1.0).
+    mode: "score", "multiturn_rl_baseline" (forces stage1_steps = 0 and
+      alpha = 0) or "star_baseline" (forces stage1_steps = 0).
+    eval_greedy: greedy decoding of both attempts in `evaluate`; otherwise
+      sampled at `eval_temperature`.
+    eval_temperature: temperature for sampled evaluation.
+  """
+
+  correction_instruction: str
+  max_new_tokens: int
+  stage1_steps: int = 0
+  alpha: float = 10.0
+  beta1: float = 0.01
+  beta2: float = 0.1
+  kl_estimator: str = "k3"
+  advantage: str = "reinforce"
+  num_samples_per_prompt: int = 1
+  temperature: float = 1.0
+  mode: str = "score"
+  eval_greedy: bool = True
+  eval_temperature: float = 1.0
+
+  def __post_init__(self):
+    if not self.correction_instruction:
+      raise ValueError("SCoReConfig.correction_instruction must be a non-empty string.")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"SCoReConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+    if self.stage1_steps < 0:
+      raise ValueError(f"SCoReConfig.stage1_steps must be >= 0, got {self.stage1_steps}.")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"SCoReConfig.kl_estimator must be one of {KL_ESTIMATORS}, "
+                       f"got {self.kl_estimator!r}.")
+    if self.advantage not in ADVANTAGE_ESTIMATORS:
+      raise ValueError(f"SCoReConfig.advantage must be one of {ADVANTAGE_ESTIMATORS}, "
+                       f"got {self.advantage!r}.")
+    if self.num_samples_per_prompt < 1:
+      raise ValueError(f"SCoReConfig.num_samples_per_prompt must be >= 1, "
+                       f"got {self.num_samples_per_prompt}.")
+    if self.advantage != "reinforce" and self.num_samples_per_prompt < 2:
+      raise ValueError(f"SCoReConfig.advantage={self.advantage!r} compares samples of a prompt: "
+                       f"set num_samples_per_prompt >= 2 (got {self.num_samples_per_prompt}).")
+    if not self.temperature > 0 or not self.eval_temperature > 0:
+      raise ValueError(f"SCoReConfig.temperature and eval_temperature must be > 0, got "
+                       f"{self.temperature} and {self.eval_temperature}.")
+    if min(self.beta1, self.beta2) < 0:
+      raise ValueError(f"SCoReConfig.beta1/beta2 must be >= 0, got {self.beta1}/{self.beta2}.")
+    if self.mode not in MODES:
+      raise ValueError(f"SCoReConfig.mode must be one of {MODES}, got {self.mode!r}.")
+    if self.mode != "score":
+      object.__setattr__(self, "stage1_steps", 0)
+    if self.mode == "multiturn_rl_baseline":
+      object.__setattr__(self, "alpha", 0.0)
+
+
+class TwoTurnRollout(NamedTuple):
+  """Both attempts of a step. Rows = prompts x num_samples_per_prompt, grouped by prompt."""
+
+  prompt_tokens: jax.Array    # [rows, P] turn-1 context
+  prompt_mask: jax.Array      # [rows, P] bool
+  tokens_t1: jax.Array        # [rows, N] attempt 1
+  mask_t1: jax.Array          # [rows, N] bool
+  lengths_t1: jax.Array       # [rows] int32
+  context_t2: jax.Array       # [rows, P + N + I] turn-2 context [x, y1, p]
+  context_mask_t2: jax.Array  # [rows, P + N + I] bool
+  tokens_t2: jax.Array        # [rows, N] attempt 2
+  mask_t2: jax.Array          # [rows, N] bool
+  lengths_t2: jax.Array       # [rows] int32
+  reward_t1: jax.Array        # [rows] float32 in {0, 1}
+  reward_t2: jax.Array        # [rows] float32 in {0, 1}
+
+
+def score_loss(logp_t1: jax.Array, ref_logp_t1: jax.Array, mask_t1: jax.Array,
+               logp_t2: jax.Array, ref_logp_t2: jax.Array, mask_t2: jax.Array,
+               reward_t1: jax.Array, reward_t2: jax.Array, in_stage1: jax.Array,
+               config: SCoReConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The SCoRe loss of one step from per-turn arrays (pure; see the module docstring).
+
+  Args:
+    logp_t1, ref_logp_t1, mask_t1: [rows, N] attempt-1 token log-probs under
+      the policy (differentiable) and the reference, and the completion mask.
+    logp_t2, ref_logp_t2, mask_t2: the same for attempt 2 (given [x, y1, p]).
+    reward_t1, reward_t2: [rows] verifier rewards.
+    in_stage1: [] bool (traced), True during Stage I.
+    config: static settings (mode, alpha, betas, estimators).
+
+  Returns:
+    (scalar loss, aux) with aux["kl_t1"], aux["kl_t2"]: mean over rows of the
+    sequence KL estimate, and aux["shaped_reward_t2"]: mean turn-2 reward used.
+  """
+  ref_logp_t1, ref_logp_t2 = jax.lax.stop_gradient((ref_logp_t1, ref_logp_t2))
+  kl_t1 = per_token_kl(logp_t1, ref_logp_t1, config.kl_estimator)
+  kl_t2 = per_token_kl(logp_t2, ref_logp_t2, config.kl_estimator)
+  n, estimator = config.num_samples_per_prompt, config.advantage
+  if config.mode == "star_baseline":
+    # Keep traces whose attempt 2 is right; maximum likelihood of both attempts.
+    adv_t1 = adv_t2 = reward_t2
+    kl_coef_t1 = kl_coef_t2 = 0.0
+    used_reward_t2 = reward_t2
+  else:
+    shaped_t1, shaped_t2 = score_shaped_rewards(reward_t1, reward_t2, config.alpha)
+    # Stage I: no reward on turn 1 (only its KL, weight beta2), unshaped reward on turn 2, no turn-2 KL.
+    adv_t1 = jnp.where(in_stage1, 0.0, advantages(shaped_t1, n, estimator))
+    adv_t2 = jnp.where(in_stage1, advantages(reward_t2, n, estimator),
+                       advantages(shaped_t2, n, estimator))
+    kl_coef_t1 = jnp.where(in_stage1, config.beta2, config.beta1)
+    kl_coef_t2 = jnp.where(in_stage1, 0.0, config.beta1)
+    used_reward_t2 = jnp.where(in_stage1, reward_t2, shaped_t2)
+  loss = (policy_gradient_loss(logp_t1, mask_t1, adv_t1, kl_t1, kl_coef_t1) +
+          policy_gradient_loss(logp_t2, mask_t2, adv_t2, kl_t2, kl_coef_t2))
+  sequence_kl = lambda kl, mask: jnp.mean(jnp.sum(jnp.where(mask, kl, 0.0), axis=1))
+  aux = {"kl_t1": jax.lax.stop_gradient(sequence_kl(kl_t1, mask_t1)),
+         "kl_t2": jax.lax.stop_gradient(sequence_kl(kl_t2, mask_t2)),
+         "shaped_reward_t2": jnp.mean(used_reward_t2)}
+  return loss, aux
+
+
+def correction_metrics(rollout: TwoTurnRollout) -> dict[str, jax.Array]:
+  """The paper's per-example figures [rows]: acc_t1, acc_t2, delta, delta_i2c, delta_c2i,
+  plus edit_distance (normalised Levenshtein of the attempts' real tokens) and changed."""
+  r1, r2 = rollout.reward_t1, rollout.reward_t2
+  distance = multiturn.normalized_edit_distance(rollout.tokens_t1, rollout.lengths_t1,
+                                                rollout.tokens_t2, rollout.lengths_t2)
+  return {"acc_t1": r1, "acc_t2": r2, "delta": r2 - r1,
+          "delta_i2c": (1.0 - r1) * r2, "delta_c2i": r1 * (1.0 - r2),
+          "edit_distance": distance, "changed": (distance > 0).astype(jnp.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SCoRe:
+  """Batch keys: prompt_tokens/prompt_mask [batch, P], target [batch] (as ArithmeticTask.encode).
+
+  `task` needs verify(tokens, mask, target) -> [rows] rewards and a tokenizer
+  (encode, eos_id, pad_id). The frozen reference policy is `state.extra["ref_params"]`.
+  """
+
+  graphdef: nnx.GraphDef
+  optimizer: optax.GradientTransformation
+  task: Any
+  config: SCoReConfig
+  eval_metric_names: tuple[str, ...] = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i",
+                                        "edit_distance", "changed")
+  instruction_ids: tuple[int, ...] = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    ids = tuple(int(i) for i in self.task.tokenizer.encode(self.config.correction_instruction))
+    object.__setattr__(self, "instruction_ids", ids)
+
+  def init_extra(self, params: dict) -> dict:
+    return {"ref_params": params}
+
+  def extra_shardings(self, param_shardings: dict) -> dict:
+    return {"ref_params": param_shardings}
+
+  def sampling_config(self, train: bool) -> SamplingConfig:
+    """Attempt-1 sampling: training samples num_samples_per_prompt at `temperature`; eval one per prompt."""
+    cfg = self.config
+    greedy = not train and cfg.eval_greedy
+    return SamplingConfig(
+        max_new_tokens=cfg.max_new_tokens, greedy=greedy,
+        temperature=cfg.temperature if train else cfg.eval_temperature,
+        num_samples_per_prompt=cfg.num_samples_per_prompt if train else 1,
+        stop_token_ids=(self.task.tokenizer.eos_id,), pad_token_id=self.task.tokenizer.pad_id)
+
+  def rollout(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array,
+              sampling: SamplingConfig) -> TwoTurnRollout:
+    """Samples and verifies both attempts (attempt 2: one per attempt-1 row)."""
+    model = nnx.merge(self.graphdef, params)
+    first = sample(model, batch["prompt_tokens"], batch["prompt_mask"], jax.random.fold_in(rng, 1),
+                   sampling)
+    target = jnp.repeat(batch["target"], sampling.num_samples_per_prompt, axis=0)
+    context, context_mask = multiturn.build_turn2_context(
+        first.prompt_tokens, first.prompt_mask, first.tokens, first.completion_mask,
+        self.instruction_ids)
+    second = sample(model, context, context_mask, jax.random.fold_in(rng, 2),
+                    dataclasses.replace(sampling, num_samples_per_prompt=1))
+    return TwoTurnRollout(
+        prompt_tokens=first.prompt_tokens, prompt_mask=first.prompt_mask,
+        tokens_t1=first.tokens, mask_t1=first.completion_mask, lengths_t1=first.lengths,
+        context_t2=context, context_mask_t2=context_mask,
+        tokens_t2=second.tokens, mask_t2=second.completion_mask, lengths_t2=second.lengths,
+        reward_t1=self.task.verify(first.tokens, first.completion_mask, target),
+        reward_t2=self.task.verify(second.tokens, second.completion_mask, target))
+
+  def turn_logprobs(self, params: dict, rollout: TwoTurnRollout) -> tuple[jax.Array, jax.Array]:
+    """Token log-probs [rows, N] of attempt 1 given x and of attempt 2 given [x, y1, p]."""
+    model = nnx.merge(self.graphdef, params)
+    logp_t1 = multiturn.completion_logprobs(model, rollout.prompt_tokens, rollout.prompt_mask,
+                                            rollout.tokens_t1, rollout.mask_t1)
+    logp_t2 = multiturn.completion_logprobs(model, rollout.context_t2, rollout.context_mask_t2,
+                                            rollout.tokens_t2, rollout.mask_t2)
+    return logp_t1, logp_t2
+
+  def step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
+           ) -> tuple[TrainState, dict[str, jax.Array]]:
+    rollout = self.rollout(state.params, batch, rng, self.sampling_config(train=True))
+    ref_logp_t1, ref_logp_t2 = self.turn_logprobs(state.extra["ref_params"], rollout)
+    in_stage1 = state.step < self.config.stage1_steps
+
+    def loss_fn(params):
+      logp_t1, logp_t2 = self.turn_logprobs(params, rollout)
+      return score_loss(logp_t1, ref_logp_t1, rollout.mask_t1, logp_t2, ref_logp_t2,
+                        rollout.mask_t2, rollout.reward_t1, rollout.reward_t2, in_stage1,
+                        self.config)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    figures = correction_metrics(rollout)
+    # Real tokens of the two sequences the policy re-scored (with gradients).
+    tokens = (jnp.sum(rollout.prompt_mask) + jnp.sum(rollout.lengths_t1) +
+              jnp.sum(rollout.context_mask_t2) + jnp.sum(rollout.lengths_t2))
+    metrics = {
+        "train/loss": loss, "train/grad_norm": optax.tree.norm(grads), "perf/tokens": tokens,
+        "train/stage": jnp.where(in_stage1, 1.0, 2.0),
+        "train/reward_t1": jnp.mean(rollout.reward_t1),
+        "train/reward_t2": jnp.mean(rollout.reward_t2),
+        "train/shaped_reward_t2": aux["shaped_reward_t2"],
+        "train/delta": jnp.mean(figures["delta"]),
+        "train/kl_t1": aux["kl_t1"], "train/kl_t2": aux["kl_t2"],
+        "train/edit_distance": jnp.mean(figures["edit_distance"]),
+        "train/changed": jnp.mean(figures["changed"]),
+        "train/length_t1": jnp.mean(rollout.lengths_t1.astype(jnp.float32)),
+        "train/length_t2": jnp.mean(rollout.lengths_t2.astype(jnp.float32)),
+    }
+    return state._replace(params=params, opt_state=opt_state), metrics
+
+  def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
+               ) -> dict[str, jax.Array]:
+    """Per-example [batch] values named in `eval_metric_names` (greedy attempts by default)."""
+    return correction_metrics(self.rollout(params, batch, rng, self.sampling_config(train=False)))

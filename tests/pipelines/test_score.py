@@ -1,0 +1,263 @@
+"""SCoRe pipeline: loss vs hand computation, jitted Stage I/II steps, eval figures, no recompiles."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from selfimprove.pipelines.score import SCoRe, SCoReConfig, score_loss
+from selfimprove.tasks.arithmetic import ArithmeticTask
+from selfimprove.train_state import TrainState
+from tests.pipelines.helpers import (arithmetic_task, levenshtein, perturbed, real_tokens,
+                                     tiny_model)
+
+METRIC_KEYS = ("train/loss", "train/grad_norm", "perf/tokens", "train/stage", "train/reward_t1",
+               "train/reward_t2", "train/shaped_reward_t2", "train/delta", "train/kl_t1",
+               "train/kl_t2", "train/edit_distance", "train/changed", "train/length_t1",
+               "train/length_t2")
+EVAL_NAMES = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "edit_distance", "changed")
+
+
+class ParityTask(ArithmeticTask):
+  """Arithmetic prompts, but reward 1 iff the first completion token id is even.
+
+  A randomly initialised model gets this right about half the time, so the
+  reward terms of the loss are not all zero in the tests.
+  """
+
+  def verify(self, completion_tokens, completion_mask, target):
+    del target
+    return (completion_mask[:, 0] & (completion_tokens[:, 0] % 2 == 0)).astype(jnp.float32)
+
+
+def python_parity(tokens, mask) -> float:
+  return float(bool(mask[0]) and int(tokens[0]) % 2 == 0)
+
+
+def seq_sum(x, mask):
+  return np.sum(np.where(mask, x, 0.0), axis=1)
+
+
+def k3(logp, ref):
+  d = np.asarray(ref, np.float64) - np.asarray(logp, np.float64)
+  return np.exp(d) - d - 1
+
+
+def make_pipeline(task, **config) -> SCoRe:
+  graphdef, _ = tiny_model()
+  fields = dict(correction_instruction="=", max_new_tokens=task.answer_len, stage1_steps=2,
+                num_samples_per_prompt=2)
+  fields.update(config)
+  return SCoRe(graphdef=graphdef, optimizer=optax.adam(1e-2), task=task,
+               config=SCoReConfig(**fields))
+
+
+def make_state(pipeline: SCoRe, params, ref_params) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=pipeline.optimizer.init(params),
+                    rng=jax.random.key_data(jax.random.key(0)), extra={"ref_params": ref_params},
+                    skipped_updates=jnp.zeros((), jnp.int32),
+                    consecutive_skips=jnp.zeros((), jnp.int32))
+
+
+def test_config_validation_and_baseline_switches():
+  base = dict(correction_instruction="=", max_new_tokens=4)
+  for field, value, match in [("kl_estimator", "k2", "kl_estimator"),
+                              ("advantage", "ppo", "advantage"),
+                              ("mode", "dpo", "mode"),
+                              ("correction_instruction", "", "correction_instruction"),
+                              ("stage1_steps", -1, "stage1_steps")]:
+    with pytest.raises(ValueError, match=match):
+      SCoReConfig(**dict(base, **{field: value}))
+  with pytest.raises(ValueError, match="num_samples_per_prompt >= 2"):
+    SCoReConfig(**base, advantage="rloo", num_samples_per_prompt=1)
+  baseline = SCoReConfig(**base, stage1_steps=50, alpha=10.0, mode="multiturn_rl_baseline")
+  assert (baseline.stage1_steps, baseline.alpha) == (0, 0.0)
+  star = SCoReConfig(**base, stage1_steps=50, mode="star_baseline")
+  assert star.stage1_steps == 0
+  paper = SCoReConfig(**base)
+  assert (paper.alpha, paper.beta1, paper.beta2, paper.advantage) == (10.0, 0.01, 0.1, "reinforce")
+  with pytest.raises(ValueError, match="not in the tokenizer alphabet"):
+    make_pipeline(arithmetic_task(), correction_instruction="fix it")
+
+
+def _loss_inputs(seed=0, rows=4, length=3):
+  rng = np.random.default_rng(seed)
+  logp1, ref1, logp2, ref2 = (jnp.asarray(-rng.uniform(0.1, 2.0, (rows, length)), jnp.float32)
+                              for _ in range(4))
+  mask1 = jnp.asarray(rng.uniform(size=(rows, length)) < 0.7).at[:, 0].set(True)
+  mask2 = jnp.asarray(rng.uniform(size=(rows, length)) < 0.7).at[:, 0].set(True)
+  r1 = jnp.array([0.0, 1.0, 1.0, 0.0])
+  r2 = jnp.array([1.0, 1.0, 0.0, 0.0])
+  return logp1, ref1, mask1, logp2, ref2, mask2, r1, r2
+
+
+def test_score_loss_by_hand_in_both_stages():
+  logp1, ref1, mask1, logp2, ref2, mask2, r1, r2 = arrays = _loss_inputs()
+  config = SCoReConfig(correction_instruction="=", max_new_tokens=3, alpha=10.0, beta1=0.01,
+                       beta2=0.1, kl_estimator="k3", num_samples_per_prompt=2)
+  kl1, kl2 = seq_sum(k3(logp1, ref1), mask1), seq_sum(k3(logp2, ref2), mask2)
+  s1, s2 = seq_sum(logp1, mask1), seq_sum(logp2, mask2)
+  r1n, r2n = np.asarray(r1), np.asarray(r2)
+
+  # Stage I: reward on turn 2 only, KL on turn 1 only (beta2).
+  loss, aux = score_loss(*arrays, jnp.array(True), config)
+  assert float(loss) == pytest.approx(-np.mean(r2n * s2) + 0.1 * np.mean(kl1), rel=1e-5)
+  assert float(aux["kl_t1"]) == pytest.approx(np.mean(kl1), rel=1e-5)
+  assert float(aux["kl_t2"]) == pytest.approx(np.mean(kl2), rel=1e-5)
+  # Stage II: both rewards, turn 2 shaped (11, 1, -10, 0), beta1 KL on both turns.
+  shaped = np.array([11.0, 1.0, -10.0, 0.0])
+  loss, aux = score_loss(*arrays, jnp.array(False), config)
+  expected = (-np.mean(r1n * s1) + 0.01 * np.mean(kl1) - np.mean(shaped * s2) + 0.01 * np.mean(kl2))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(aux["shaped_reward_t2"]) == pytest.approx(np.mean(shaped))
+
+  # Gradients in Stage I (k1, so d KL / d logp = 1): turn 1 gets beta2 / rows and no reward
+  # term whatever r1 is; turn 2 gets -r2 / rows and no KL.
+  k1_config = dataclasses.replace(config, kl_estimator="k1")
+  grad1, grad2 = jax.grad(lambda a, b: score_loss(a, ref1, mask1, b, ref2, mask2, r1, r2,
+                                                  jnp.array(True), k1_config)[0],
+                          argnums=(0, 1))(logp1, logp2)
+  np.testing.assert_allclose(grad1, np.where(mask1, 0.1 / 4, 0.0), atol=1e-7)
+  np.testing.assert_allclose(grad2, np.where(mask2, -r2n[:, None] / 4, 0.0), atol=1e-7)
+
+
+def test_score_loss_baselines_by_hand():
+  logp1, ref1, mask1, logp2, ref2, mask2, r1, r2 = arrays = _loss_inputs(seed=1)
+  s1, s2 = seq_sum(logp1, mask1), seq_sum(logp2, mask2)
+  kl1, kl2 = seq_sum(k3(logp1, ref1), mask1), seq_sum(k3(logp2, ref2), mask2)
+  r1n, r2n = np.asarray(r1), np.asarray(r2)
+  common = dict(correction_instruction="=", max_new_tokens=3, num_samples_per_prompt=2)
+  # Multi-turn RL baseline: Stage II from step 0 with alpha = 0.
+  config = SCoReConfig(**common, stage1_steps=10, mode="multiturn_rl_baseline")
+  loss, _ = score_loss(*arrays, jnp.array(False), config)
+  expected = -np.mean(r1n * s1) - np.mean(r2n * s2) + 0.01 * (np.mean(kl1) + np.mean(kl2))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  # STaR: likelihood of both attempts of traces whose attempt 2 is right, no KL.
+  config = SCoReConfig(**common, mode="star_baseline")
+  loss, _ = score_loss(*arrays, jnp.array(False), config)
+  assert float(loss) == pytest.approx(-np.mean(r2n * (s1 + s2)), rel=1e-5)
+  # RLOO with 2 samples per prompt: A = r - other = +-(r_a - r_b).
+  config = SCoReConfig(**common, advantage="rloo")
+  loss, _ = score_loss(*arrays, jnp.array(False), config)
+  shaped = r2n + 10 * (r2n - r1n)
+  rloo = lambda r: r - r.reshape(-1, 2)[:, ::-1].reshape(-1)
+  expected = (-np.mean(rloo(r1n) * s1) - np.mean(rloo(shaped) * s2) +
+              0.01 * (np.mean(kl1) + np.mean(kl2)))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def parity_run():
+  """A SCoRe pipeline on the parity reward and its jitted step, run for 4 steps (2 per stage)."""
+  task = ParityTask(arithmetic_task().config)
+  pipeline = make_pipeline(task)
+  _, params = tiny_model()
+  ref_params = perturbed(params, 0.05, seed=1)     # so both KLs are non-zero
+  state = make_state(pipeline, params, ref_params)
+  batch = task.generate(jax.random.key(3), 4)
+  step = jax.jit(pipeline.step)
+  states, metrics, keys = [state], [], []
+  for i in range(4):
+    key = jax.random.fold_in(jax.random.key(7), i)
+    new_state, step_metrics = step(states[-1], batch, key)
+    states.append(new_state._replace(step=states[-1].step + 1))   # the trainer advances step
+    metrics.append(jax.device_get(step_metrics))
+    keys.append(key)
+  return dict(pipeline=pipeline, batch=batch, step=step, states=states, metrics=metrics, keys=keys)
+
+
+def test_steps_change_params_with_finite_metrics_and_one_compile(parity_run):
+  states, metrics = parity_run["states"], parity_run["metrics"]
+  for before, after, step_metrics in zip(states, states[1:], metrics):
+    assert set(METRIC_KEYS) <= set(step_metrics)
+    for key, value in step_metrics.items():
+      assert np.shape(value) == () and np.isfinite(value), key
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                           before.params, after.params)
+    assert all(jax.tree.leaves(changed))
+    # The reference policy never moves.
+    jax.tree.map(np.testing.assert_array_equal, before.extra, after.extra)
+  assert [float(m["train/stage"]) for m in metrics] == [1.0, 1.0, 2.0, 2.0]
+  assert all(m["train/kl_t1"] > 0 and m["train/kl_t2"] > 0 for m in metrics)   # k3 >= 0, ref differs
+  assert parity_run["step"]._cache_size() == 1, "the step recompiled across steps or stages"
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_step_loss_matches_hand_computation_from_the_rollout(parity_run, index):
+  """Step `index` (0: Stage I, 2: Stage II) re-done from its rollout, logps and rewards by hand."""
+  pipeline, state = parity_run["pipeline"], parity_run["states"][index]
+  step_metrics, key = parity_run["metrics"][index], parity_run["keys"][index]
+
+  @jax.jit
+  def replay(state, batch, key):
+    rollout = pipeline.rollout(state.params, batch, key, pipeline.sampling_config(train=True))
+    return (rollout, pipeline.turn_logprobs(state.params, rollout),
+            pipeline.turn_logprobs(state.extra["ref_params"], rollout))
+
+  rollout, (logp1, logp2), (ref1, ref2) = jax.device_get(replay(state, parity_run["batch"], key))
+  mask1, mask2 = np.asarray(rollout.mask_t1), np.asarray(rollout.mask_t2)
+  r1, r2 = np.asarray(rollout.reward_t1), np.asarray(rollout.reward_t2)
+  assert 0 < r1.mean() < 1 and 0 < r2.mean() < 1, "want mixed rewards for a meaningful check"
+  assert step_metrics["train/reward_t1"] == pytest.approx(r1.mean())
+  assert step_metrics["train/reward_t2"] == pytest.approx(r2.mean())
+  # The parity reward is recomputed from the attempts' tokens in Python.
+  for row in range(len(r1)):
+    assert r1[row] == python_parity(rollout.tokens_t1[row], mask1[row])
+    assert r2[row] == python_parity(rollout.tokens_t2[row], mask2[row])
+  s1, s2 = seq_sum(logp1, mask1), seq_sum(logp2, mask2)
+  kl1, kl2 = seq_sum(k3(logp1, ref1), mask1), seq_sum(k3(logp2, ref2), mask2)
+  config = pipeline.config
+  if index < config.stage1_steps:
+    expected = -np.mean(r2 * s2) + config.beta2 * np.mean(kl1)
+  else:
+    shaped = r2 + config.alpha * (r2 - r1)
+    expected = (-np.mean(r1 * s1) + config.beta1 * np.mean(kl1) - np.mean(shaped * s2) +
+                config.beta1 * np.mean(kl2))
+  assert float(step_metrics["train/loss"]) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+  assert float(step_metrics["train/kl_t1"]) == pytest.approx(np.mean(kl1), rel=1e-4, abs=1e-6)
+  tokens = (rollout.prompt_mask.sum() + rollout.lengths_t1.sum() + rollout.context_mask_t2.sum() +
+            rollout.lengths_t2.sum())
+  assert float(step_metrics["perf/tokens"]) == float(tokens)
+
+
+def test_evaluate_figures_match_the_attempts(parity_run):
+  pipeline, batch = parity_run["pipeline"], parity_run["batch"]
+  params = parity_run["states"][-1].params
+  evaluate = jax.jit(pipeline.evaluate)
+  values = jax.device_get(evaluate(params, batch, jax.random.key(0)))
+  assert set(values) == set(EVAL_NAMES) == set(pipeline.eval_metric_names)
+  for name in EVAL_NAMES:
+    assert np.shape(values[name]) == (4,), name
+  # Greedy by default: the key does not matter.
+  again = jax.device_get(evaluate(params, batch, jax.random.key(1)))
+  jax.tree.map(np.testing.assert_array_equal, values, again)
+  # Hand check on the same greedy attempts.
+  rollout = jax.jit(pipeline.rollout, static_argnums=3)(
+      params, batch, jax.random.key(0), pipeline.sampling_config(train=False))
+  assert rollout.tokens_t1.shape[0] == 4          # one attempt per prompt in eval
+  for row in range(4):
+    first = real_tokens(rollout.tokens_t1[row], rollout.mask_t1[row])
+    second = real_tokens(rollout.tokens_t2[row], rollout.mask_t2[row])
+    r1 = python_parity(rollout.tokens_t1[row], rollout.mask_t1[row])
+    r2 = python_parity(rollout.tokens_t2[row], rollout.mask_t2[row])
+    assert values["acc_t1"][row] == r1 and values["acc_t2"][row] == r2
+    assert values["delta"][row] == r2 - r1
+    assert values["delta_i2c"][row] == float(r1 == 0 and r2 == 1)
+    assert values["delta_c2i"][row] == float(r1 == 1 and r2 == 0)
+    distance = levenshtein(first, second) / max(len(first), len(second), 1)
+    assert values["edit_distance"][row] == pytest.approx(distance)
+    assert values["changed"][row] == float(first != second)
+
+
+def test_reference_policy_lives_in_the_state():
+  pipeline = make_pipeline(arithmetic_task())
+  _, params = tiny_model()
+  extra = pipeline.init_extra(params)
+  assert set(extra) == {"ref_params"}
+  jax.tree.map(np.testing.assert_array_equal, extra["ref_params"], params)
+  shardings = pipeline.extra_shardings({"a": "sharding"})
+  assert shardings == {"ref_params": {"a": "sharding"}}
