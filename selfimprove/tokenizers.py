@@ -35,15 +35,10 @@ class Tokenizer(Protocol):
     ...
 
 
-class ByteTokenizer:
-  """UTF-8 bytes: ids 0..2 are pad/bos/eos, byte b is id b + 3 (vocab 259)."""
+class _FixedSpecialIds:
+  """pad/bos/eos are ids 0/1/2, as in both small tokenizers below."""
 
   PAD, BOS, EOS = 0, 1, 2
-  _OFFSET = 3
-
-  @property
-  def vocab_size(self) -> int:
-    return 256 + self._OFFSET
 
   @property
   def pad_id(self) -> int:
@@ -57,6 +52,16 @@ class ByteTokenizer:
   def eos_id(self) -> int:
     return self.EOS
 
+
+class ByteTokenizer(_FixedSpecialIds):
+  """UTF-8 bytes: ids 0..2 are pad/bos/eos, byte b is id b + 3 (vocab 259)."""
+
+  _OFFSET = 3
+
+  @property
+  def vocab_size(self) -> int:
+    return 256 + self._OFFSET
+
   def encode(self, text: str) -> list[int]:
     return [b + self._OFFSET for b in text.encode("utf-8")]
 
@@ -65,14 +70,12 @@ class ByteTokenizer:
     return data.decode("utf-8", errors="replace")
 
 
-class CharTokenizer:
+class CharTokenizer(_FixedSpecialIds):
   """A fixed alphabet, one id per character: pad/bos/eos are 0..2, then the alphabet.
 
   Small vocabularies keep synthetic-task models tiny. Encoding a character
   outside the alphabet raises a ValueError that names it and its position.
   """
-
-  PAD, BOS, EOS = 0, 1, 2
 
   def __init__(self, alphabet: str):
     if len(set(alphabet)) != len(alphabet):
@@ -83,18 +86,6 @@ class CharTokenizer:
   @property
   def vocab_size(self) -> int:
     return len(self.alphabet) + 3
-
-  @property
-  def pad_id(self) -> int:
-    return self.PAD
-
-  @property
-  def bos_id(self) -> int:
-    return self.BOS
-
-  @property
-  def eos_id(self) -> int:
-    return self.EOS
 
   def encode(self, text: str) -> list[int]:
     ids = []
