@@ -76,6 +76,9 @@ def _rope(f: _Fields) -> dict[str, Any]:
     params.setdefault("rope_theta", f.get("rope_theta", 10_000.0))
   rope_type = params.get("rope_type", params.get("type", "default"))
   field = "rope_parameters" if f.get("rope_parameters") else "rope_scaling"
+  partial = params.get("partial_rotary_factor", f.get("partial_rotary_factor", 1.0))
+  if partial != 1.0:
+    raise f.error(field, f"has partial_rotary_factor {partial}; only full rotary embeddings are supported")
   out: dict[str, Any] = {"rope_theta": float(params.get("rope_theta") or f.get("rope_theta", 10_000.0))}
   if rope_type == "default":
     return out
@@ -165,7 +168,9 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json"
   dtype = f.get("dtype", f.get("torch_dtype", "float32"))
   if dtype not in _DTYPES:
     raise f.error("dtype", f"is {dtype!r}; supported: {_DTYPES}")
-  bias = bool(f.get("attention_bias", False))
+  # Llama and Gemma put attention_bias on q/k/v/o; Qwen2 always has q/k/v
+  # biases and no o bias; Mistral has none.
+  bias = family in ("llama", "gemma", "gemma2") and bool(f.get("attention_bias", False))
   fields: dict[str, Any] = dict(
       vocab_size=f.int("vocab_size"),
       embed_dim=embed,

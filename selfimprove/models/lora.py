@@ -14,6 +14,8 @@ of `nnx.Param`, so one filter separates them from the frozen base:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -86,9 +88,9 @@ def merge_lora(config: TransformerConfig, params: nnx.State
     params: the model's full state (base and adapters), stacked over layers.
 
   Returns:
-    (config with lora_rank=0, params of the plain model with that config);
-    the merged weights keep their dtype and sharding. The product is formed
-    in float32.
+    (config with the LoRA fields back at their defaults, params of the
+    plain model with that config); the merged weights keep their dtype and
+    sharding. The product is formed in float32.
   """
   flat = dict(nnx.to_flat_state(params))
   merged = []
@@ -112,7 +114,9 @@ def merge_lora(config: TransformerConfig, params: nnx.State
         new = jax.device_put(new, weight.sharding)
       variable = variable.replace(new)
     merged.append((path, variable))
-  return config.replace(lora_rank=0), nnx.from_flat_state(merged)
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)
+              if f.name.startswith("lora_")}
+  return config.replace(**defaults), nnx.from_flat_state(merged)
 
 
 def split_adapters(params: nnx.State) -> tuple[nnx.State, nnx.State]:
@@ -126,9 +130,8 @@ def add_adapters(config: TransformerConfig, params: nnx.State, rank: int, alpha:
   """Fresh adapters (A random, B zero) on a plain model, e.g. one just imported from HF.
 
   Returns (config with lora_rank=rank, graphdef, params with the adapters
-  added); the base parameters are reused as they are. On a mesh, the
-  adapters are created directly in their sharding, on the mesh of the base
-  parameters.
+  added); the base parameters are reused as they are. On a mesh, each
+  adapter is placed in its sharding on the mesh of the base parameters.
   """
   # Imported here: layers.py imports this module, and transformer.py imports layers.py.
   from selfimprove import sharding
@@ -137,19 +140,38 @@ def add_adapters(config: TransformerConfig, params: nnx.State, rank: int, alpha:
     raise ValueError(f"The config already has LoRA adapters (lora_rank={config.lora_rank}).")
   lora_config = config.replace(lora_rank=rank, lora_alpha=alpha,
                                lora_targets=tuple(targets or config.lora_targets))
-
-  def make_adapters():
-    model = Transformer(lora_config, rngs=nnx.Rngs(params=seed))
-    # Only the adapters are returned, so XLA never materialises the random base.
-    return nnx.state(model, LoRAParam)
-
   abstract = nnx.eval_shape(lambda: Transformer(lora_config, rngs=nnx.Rngs(params=seed)))
-  graphdef = nnx.graphdef(abstract)
+  abstract_adapters = nnx.state(abstract, LoRAParam)
   base_sharding = jax.tree.leaves(params)[0].sharding
-  out_shardings = None
+  shardings = None
   if isinstance(base_sharding, jax.sharding.NamedSharding):
-    adapter_abstract = nnx.state(abstract, LoRAParam)
-    out_shardings = sharding.state_shardings(adapter_abstract, base_sharding.mesh,
-                                             lora_config.sharding_rules)
-  adapters = jax.jit(make_adapters, out_shardings=out_shardings)()
-  return lora_config, graphdef, nnx.merge_state(params, adapters)
+    shardings = dict(nnx.to_flat_state(sharding.state_shardings(
+        abstract_adapters, base_sharding.mesh, lora_config.sharding_rules)))
+  flat = list(nnx.to_flat_state(abstract_adapters))
+
+  # Only the adapters are created, in one small compiled function; all A
+  # matrices come from one flat draw (XLA:CPU compiles one random op per
+  # shape slowly: seconds for a handful of them).
+  a_sizes = [math.prod(v.shape) for path, v in flat if path[-1].endswith("_lora_a")]
+
+  def make_values(key):
+    draws = jax.random.truncated_normal(key, -2.0, 2.0, (sum(a_sizes),), jnp.float32)
+    values, offset = [], 0
+    for path, variable in flat:
+      shape, dtype = variable.shape, variable.dtype
+      if path[-1].endswith("_lora_b"):
+        values.append(jnp.zeros(shape, dtype))
+        continue
+      # A [layers, in..., rank]: fan-in scaled truncated normal, like the
+      # base projections' init (0.8796 is the std of a unit normal cut at +-2).
+      size, fan_in = math.prod(shape), math.prod(shape[1:-1])
+      std = fan_in ** -0.5 / 0.87962566103423978
+      values.append((draws[offset:offset + size].reshape(shape) * std).astype(dtype))
+      offset += size
+    return values
+
+  out_shardings = None if shardings is None else [shardings[path].get_value() for path, _ in flat]
+  values = jax.jit(make_values, out_shardings=out_shardings)(jax.random.key(seed))
+  adapters = [(path, variable.replace(value)) for (path, variable), value in zip(flat, values)]
+  params = nnx.merge_state(params, nnx.from_flat_state(adapters))
+  return lora_config, nnx.graphdef(abstract), params

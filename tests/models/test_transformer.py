@@ -142,3 +142,95 @@ def test_config_errors_name_the_field(small_config, field, value, message):
 def test_unknown_preset_lists_the_available_ones():
   with pytest.raises(ValueError, match="available presets"):
     get_preset("huge")
+
+
+# Every family feature at once (Gemma2-style norms, soft-caps and alternating
+# sliding windows, biases, llama3 rope, LoRA), to check that the execution
+# paths (scan / unrolled, cache / full, padding) agree with each other.
+FAMILY_FEATURES = dict(
+    attention_bias=True, attention_out_bias=True, activation="gelu_tanh", norm_offset=1.0,
+    scale_embeddings=True, post_norms=True, query_pre_attn_scalar=24.0, attn_logit_softcap=3.0,
+    final_logit_softcap=5.0, sliding_window=3, sliding_window_layers=(True, False),
+    rope_type="llama3", rope_factor=4.0, rope_original_max_len=8, lora_rank=2,
+    lora_targets=("q_proj", "down_proj"))
+
+
+def _feature_model(config, seed=0):
+  """init_model with every parameter perturbed, so zero-initialised biases, norms and LoRA B matter."""
+  graphdef, params = init_model(config)
+  rng = np.random.default_rng(seed)
+  return graphdef, jax.tree.map(lambda x: x + 0.2 * rng.standard_normal(x.shape, np.float32), params)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_family_features_kv_cache_decoding_matches_full_forward(small_config, scan_layers):
+  config = small_config.replace(scan_layers=scan_layers, **FAMILY_FEATURES)
+  graphdef, params = _feature_model(config)
+  assert count_params(params) == config.num_params
+  tokens, mask = _padded_batch(config.vocab_size)
+  full = _forward(graphdef)(params, tokens, mask)
+
+  @jax.jit
+  def extend(params, tokens, mask, cache):
+    return nnx.merge(graphdef, params)(tokens, mask, cache)
+
+  cache = init_cache(config, tokens.shape[0], max_len=tokens.shape[1])
+  pieces = []
+  for start, stop in [(0, 5)] + [(t, t + 1) for t in range(5, tokens.shape[1])]:
+    logits, cache = extend(params, tokens[:, start:stop], mask[:, start:stop], cache)
+    pieces.append(logits)
+  incremental = jnp.concatenate(pieces, axis=1)
+  np.testing.assert_allclose(incremental[mask], full[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_family_features_scan_unrolled_and_padding_agree(small_config):
+  config = small_config.replace(**FAMILY_FEATURES)
+  graphdef, params = _feature_model(config)
+  graphdef_loop, _ = init_model(config.replace(scan_layers=False))
+  tokens, mask = _padded_batch(config.vocab_size)
+  scanned = _forward(graphdef)(params, tokens, mask)
+  np.testing.assert_allclose(_forward(graphdef_loop)(params, tokens, mask), scanned,
+                             atol=1e-5, rtol=1e-5)
+  # Padding (left, right, holes) leaves every real token's logits as if alone:
+  # the sliding window counts real tokens, not slots.
+  for row in (1, 3):   # left padding; a hole inside the window
+    real = tokens[row][mask[row]][None]
+    alone = _forward(graphdef)(params, real, np.ones_like(real, bool))[0]
+    np.testing.assert_allclose(scanned[row][mask[row]], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_bounds_the_receptive_field(small_config):
+  # Window 3 on both layers: position t sees t-2..t per layer, so t-4..t in all.
+  config = small_config.replace(sliding_window=3)
+  graphdef, params = init_model(config)
+  tokens = np.random.default_rng(2).integers(0, config.vocab_size, (1, 10))
+  changed = tokens.copy()
+  changed[0, 0] = (tokens[0, 0] + 1) % config.vocab_size
+  mask = np.ones_like(tokens, bool)
+  forward = _forward(graphdef)
+  delta = np.abs(forward(params, tokens, mask) - forward(params, changed, mask))[0].max(-1)
+  assert np.all(delta[:5] > 1e-4) and np.all(delta[5:] == 0)
+  # Without the window every later position sees the change.
+  full = _forward(init_model(small_config)[0])
+  delta = np.abs(full(params, tokens, mask) - full(params, changed, mask))[0].max(-1)
+  assert np.all(delta > 1e-4)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(activation="relu"), "activation must be one of"),
+    (dict(rope_type="yarn"), "rope_type must be one of"),
+    (dict(sliding_window=4, sliding_window_layers=(True,)), "sliding_window_layers has 1 entries"),
+    (dict(sliding_window_layers=(True, False)), "sliding_window is None"),
+    (dict(lora_rank=2, lora_targets=("qkv",)), r"lora_targets has unknown projections \['qkv'\]"),
+    (dict(final_logit_softcap=0.0), "final_logit_softcap must be > 0"),
+])
+def test_family_field_errors_name_the_field(small_config, changes, message):
+  with pytest.raises(ValueError, match=message):
+    small_config.replace(**changes)
+
+
+def test_config_json_round_trip(small_config):
+  config = small_config.replace(**FAMILY_FEATURES)
+  import json
+  again = TransformerConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+  assert again == config and hash(again) == hash(config)
