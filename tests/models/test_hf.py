@@ -1,6 +1,8 @@
 """HF import/export against transformers itself: logits, greedy generation, round trips, sharding, errors."""
 
+import io
 import json
+import logging
 import os
 import shutil
 
@@ -10,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from selfimprove import sharding
@@ -61,10 +62,17 @@ def test_export_loads_in_transformers_with_the_same_logits(hf_case, family, tmp_
   case = hf_case(family)
   config, _, params = load_hf(case.folder)
   save_hf(str(tmp_path), config, params, tokenizer_folder=case.folder)
-  model, info = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path), output_loading_info=True, attn_implementation="eager")
+  log = io.StringIO()
+  handler = logging.StreamHandler(log)
+  logging.getLogger("transformers").addHandler(handler)   # its loggers do not propagate
+  try:
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), output_loading_info=True, attn_implementation="eager")
+  finally:
+    logging.getLogger("transformers").removeHandler(handler)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   assert not info["mismatched_keys"] and not info["error_msgs"], info
+  assert log.getvalue() == ""    # no load report, no config warnings
   assert type(model) is type(case.model)
   tokens, mask = padded_batch()
   np.testing.assert_array_equal(hf_logits(model.eval(), tokens, mask),
