@@ -261,3 +261,16 @@ def test_reference_policy_lives_in_the_state():
   jax.tree.map(np.testing.assert_array_equal, extra["ref_params"], params)
   shardings = pipeline.extra_shardings({"a": "sharding"})
   assert shardings == {"ref_params": {"a": "sharding"}}
+
+
+@pytest.mark.parametrize("mode", ["multiturn_rl_baseline", "star_baseline"])
+def test_baseline_modes_trace_the_same_step(mode):
+  """The baselines are the same step with other coefficients: it traces with the same outputs."""
+  task = arithmetic_task()
+  pipeline = make_pipeline(task, mode=mode)
+  _, params = tiny_model()
+  state = make_state(pipeline, params, params)
+  batch = task.generate(jax.random.key(0), 2)
+  new_state, metrics = jax.eval_shape(pipeline.step, state, batch, jax.random.key(1))
+  assert set(METRIC_KEYS) <= set(metrics) and all(m.shape == () for m in metrics.values())
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
