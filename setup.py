@@ -30,7 +30,8 @@ setup(
         "cuda": ["jax[cuda13]"],
         "cuda12": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
-        "hf": ["safetensors>=0.4", "tokenizers>=0.20", "sentencepiece>=0.2"],
+        "hf": ["safetensors>=0.4", "tokenizers>=0.20", "sentencepiece>=0.2",
+               "jinja2>=3.1.6"],   # jinja2: chat templates
         "seqio": ["seqio"],
         "dev": [
             "pytest>=8",
@@ -41,6 +42,9 @@ setup(
             "transformers>=4.50",
             "safetensors>=0.4",
             "tokenizers>=0.20",
+            "sentencepiece>=0.2",
+            "protobuf",            # transformers' SentencePiece conversion in tokenizer tests
+            "jinja2>=3.1.6",
         ],
     },
 )

@@ -22,6 +22,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.pipeline = "sft"
+  # A saved model to start from: a run's DIR/params, or launch/convert.py output. Its
+  # architecture replaces config.model (whose dtype/remat/scan_layers still apply).
+  config.init_from = ""
 
   config.task = ml_collections.ConfigDict(dict(
       name="arithmetic", min_digits=2, max_digits=2, operations="+",

@@ -69,6 +69,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if value % jax.process_count():
       raise ConfigError(f"{field}={value} must be divisible by the number of processes "
                         f"{jax.process_count()}.")
+  if config.init_from and not os.path.exists(os.path.join(config.init_from, "model_config.json")):
+    raise ConfigError(
+        f"config.init_from={config.init_from!r}: not a saved model (no model_config.json); "
+        f"expected a finished run's DIR/params or launch/convert.py output.")
   if config.data.source not in ("task", "jsonl"):
     raise ConfigError(f"config.data.source={config.data.source!r}: expected 'task' or 'jsonl'.")
   if config.data.source == "jsonl":

@@ -14,6 +14,7 @@ from flax import nnx
 
 from selfimprove import data as data_lib
 from selfimprove.models import TransformerConfig
+from selfimprove.models.orbax_params import read_orbax_metadata
 from selfimprove.pipelines.base import Pipeline
 from selfimprove.pipelines.sft import SFT
 from selfimprove.sampling import SamplingConfig
@@ -23,17 +24,32 @@ PIPELINES = ("sft",)
 TASKS = ("arithmetic",)
 
 
+# Model fields a run may change when it starts from a saved model (`init_from`): how to compute,
+# not what the model is.
+RUNTIME_MODEL_FIELDS = ("dtype", "remat", "scan_layers")
+
+
 def build_model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+  """The run's TransformerConfig.
+
+  From `config.model`, or, when `config.init_from` names a saved model, the
+  architecture saved with it (config.model's RUNTIME_MODEL_FIELDS still apply).
+  """
   rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
                 for name, axes in config.sharding_rules)
+  if config.init_from:
+    saved = read_orbax_metadata(config.init_from)["transformer_config"]
+    model_config = TransformerConfig.from_dict(saved, f"config.init_from={config.init_from!r}")
+    return model_config.replace(sharding_rules=rules,
+                                **{k: config.model[k] for k in RUNTIME_MODEL_FIELDS})
   return TransformerConfig(**config.model.to_dict(), sharding_rules=rules)
 
 
-def build_task(config: ml_collections.ConfigDict) -> ArithmeticTask:
+def build_task(config: ml_collections.ConfigDict, model_config: TransformerConfig) -> ArithmeticTask:
   fields = {k: v for k, v in config.task.to_dict().items() if k != "name"}
   task = ArithmeticTask(ArithmeticConfig(**fields))
-  if task.tokenizer.vocab_size > config.model.vocab_size:
-    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
+  if task.tokenizer.vocab_size > model_config.vocab_size:
+    raise ValueError(f"The model's vocab_size={model_config.vocab_size} is smaller than the "
                      f"task tokenizer's vocabulary ({task.tokenizer.vocab_size}).")
   return task
 

@@ -3,7 +3,7 @@
 The protocol is what the rest of the library uses: encode/decode, vocab size and
 the special ids. Byte- and character-level tokenizers live here for synthetic
 tasks; Hugging Face `tokenizer.json` and SentencePiece models implement the same
-protocol (in the HF import module).
+protocol in `selfimprove.models.hf_tokenizer` (`load_tokenizer(folder)`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from selfimprove import sharding
 from selfimprove.checkpoint import Checkpointer, abstract_like
 from selfimprove.config_checks import validate_config
 from selfimprove.models import Transformer
+from selfimprove.models.orbax_params import load_orbax_params, save_orbax_params
 from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule
 from selfimprove.pipelines.base import Pipeline
 from selfimprove.run_setup import build_model_config, build_pipeline, build_task, load_records
@@ -141,7 +142,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
   model_config = build_model_config(config)
   rules = model_config.sharding_rules
-  task = build_task(config)
+  task = build_task(config, model_config)
   num_steps = config.train.num_steps
   optimizer_config = OptimizerConfig(**config.optimizer)
   optimizer = make_optimizer(optimizer_config, num_steps)
@@ -152,15 +153,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
   pipeline = build_pipeline(config, graphdef, optimizer, task)
 
-  def init_state() -> TrainState:
-    model = Transformer(model_config, rngs=nnx.Rngs(params=config.seed))
-    params = nnx.to_pure_dict(nnx.state(model))
+  def state_from(params: dict) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params),
                       rng=jax.random.key_data(jax.random.key(config.seed)),
                       extra=pipeline.init_extra(params),
                       skipped_updates=jnp.zeros((), jnp.int32),
                       consecutive_skips=jnp.zeros((), jnp.int32))
+
+  def init_state() -> TrainState:
+    model = Transformer(model_config, rngs=nnx.Rngs(params=config.seed))
+    return state_from(nnx.to_pure_dict(nnx.state(model)))
 
   abstract_state = jax.eval_shape(init_state)
   state_shardings = _state_shardings(abstract_state, param_shardings, pipeline, optimizer, mesh)
@@ -179,6 +182,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     logging.warning("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
     state, data_state = checkpointer.restore(start_step, abstract_like(abstract_state, state_shardings))
     iterator.set_state(data_state["iterator"])
+  elif config.init_from:
+    start_step = 0
+    logging.warning("Starting from the model saved in %s", config.init_from)
+    _, _, loaded = load_orbax_params(config.init_from, mesh, rules)
+    state = jax.jit(state_from, out_shardings=state_shardings)(nnx.to_pure_dict(loaded))
   else:
     start_step = 0
     state = jax.jit(init_state, out_shardings=state_shardings)()
@@ -266,6 +274,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   checkpointer.close()
   progress.close()
   writer.close()
+  if step >= num_steps:
+    # The trained model, in the format `init_from` and launch/convert.py read.
+    save_orbax_params(os.path.join(workdir, "params"), model_config,
+                      nnx.state(nnx.merge(graphdef, state.params)))
   if jax.process_index() == 0:
     plot_path = metrics_lib.plot_metrics(workdir)
     print(metrics_lib.summarize(workdir))

@@ -56,6 +56,23 @@ def test_resume_on_a_different_mesh(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), resumed, expected)
 
 
+def test_init_from_starts_from_a_saved_model(tmp_path):
+  first = str(tmp_path / "first")
+  train_lib.train(make_test_config(), first)
+  _, trained = final_params(first)
+  assert os.path.exists(os.path.join(first, "params", "model_config.json"))
+  # A learning rate of 1e-30 leaves float32 parameters bit-for-bit unchanged: the second run's
+  # final parameters are exactly what it started from.
+  second = str(tmp_path / "second")
+  train_lib.train(make_test_config(**{"init_from": os.path.join(first, "params"),
+                                      "optimizer.learning_rate": 1e-30, "train.num_steps": 2,
+                                      "train.eval_every": 2, "train.checkpoint_every": 2}), second)
+  _, started_from = final_params(second)
+  assert_trees_equal(started_from, trained)
+  with pytest.raises(ConfigError, match="config.init_from='/nonexistent'"):
+    validate_config(make_test_config(init_from="/nonexistent"))
+
+
 def test_non_finite_updates_are_skipped_and_stop_the_run(tmp_path):
   config = make_test_config(**{"optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
                           "train.max_consecutive_skips": 3, "train.num_steps": 40,
