@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
+import jax
 import optax
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -71,6 +73,21 @@ def make_schedule(config: OptimizerConfig, num_steps: int) -> optax.Schedule:
     return decay
   return optax.join_schedules(
       [optax.linear_schedule(0.0, config.learning_rate, warmup), decay], [warmup])
+
+
+def train_only(optimizer: optax.GradientTransformation, params: Any,
+               is_trainable: Callable[[tuple[str, ...]], bool]) -> optax.GradientTransformation:
+  """`optimizer` on the parameters whose path is trainable; zero updates (and no optimizer
+  state) for the rest, e.g. a frozen base model under LoRA adapters.
+
+  `params` is the (abstract) parameter tree, used only for its structure.
+  """
+  def label(path, _):
+    keys = tuple(str(getattr(k, "key", k)) for k in path)
+    return "trainable" if is_trainable(keys) else "frozen"
+
+  labels = jax.tree_util.tree_map_with_path(label, params)
+  return optax.multi_transform({"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
 def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:

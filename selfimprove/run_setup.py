@@ -27,21 +27,23 @@ TASKS = ("arithmetic",)
 # Model fields a run may change when it starts from a saved model (`init_from`): how to compute,
 # not what the model is.
 RUNTIME_MODEL_FIELDS = ("dtype", "remat", "scan_layers")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
 def build_model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
   """The run's TransformerConfig.
 
   From `config.model`, or, when `config.init_from` names a saved model, the
-  architecture saved with it (config.model's RUNTIME_MODEL_FIELDS still apply).
+  architecture saved with it (config.model's RUNTIME_MODEL_FIELDS still apply,
+  and its LoRA fields when config.model.lora_rank > 0: adapters on a saved base).
   """
   rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
                 for name, axes in config.sharding_rules)
   if config.init_from:
     saved = read_orbax_metadata(config.init_from)["transformer_config"]
     model_config = TransformerConfig.from_dict(saved, f"config.init_from={config.init_from!r}")
-    return model_config.replace(sharding_rules=rules,
-                                **{k: config.model[k] for k in RUNTIME_MODEL_FIELDS})
+    fields = RUNTIME_MODEL_FIELDS + (LORA_FIELDS if config.model.lora_rank > 0 else ())
+    return model_config.replace(sharding_rules=rules, **{k: config.model[k] for k in fields})
   return TransformerConfig(**config.model.to_dict(), sharding_rules=rules)
 
 

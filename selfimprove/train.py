@@ -32,7 +32,7 @@ from selfimprove.checkpoint import Checkpointer, abstract_like
 from selfimprove.config_checks import validate_config
 from selfimprove.models import Transformer
 from selfimprove.models.orbax_params import load_orbax_params, save_orbax_params
-from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule
+from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule, train_only
 from selfimprove.pipelines.base import Pipeline
 from selfimprove.run_setup import build_model_config, build_pipeline, build_task, load_records
 from selfimprove.train_state import TrainState, step_key
@@ -75,15 +75,34 @@ class _Preemption:
 def _state_shardings(abstract_state: TrainState, param_shardings: dict, pipeline: Pipeline,
                      optimizer: optax.GradientTransformation, mesh) -> TrainState:
   replicated = sharding.replicated(mesh)
+  # Optimizer state that mirrors the params (Adam moments) is sharded like them; a frozen
+  # parameter's slot (optax.MaskedNode, no arrays) stays as it is; the rest is replicated.
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   opt_shardings = optax.tree_map_params(
-      optimizer, lambda _, s: s, abstract_state.opt_state, param_shardings,
-      transform_non_params=lambda _: replicated)
+      optimizer, lambda leaf, s: leaf if masked(leaf) else s, abstract_state.opt_state,
+      param_shardings, transform_non_params=lambda _: replicated, is_leaf=masked)
   extra_fn = getattr(pipeline, "extra_shardings", None)
   extra = extra_fn(param_shardings) if extra_fn else jax.tree.map(lambda _: replicated,
                                                                    abstract_state.extra)
   return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                     rng=replicated, extra=extra, skipped_updates=replicated,
                     consecutive_skips=replicated)
+
+
+def overlay(params: dict, saved: dict, source: str) -> dict:
+  """`params` with every entry of `saved` put in its place (same shapes required)."""
+  out = dict(params)
+  for key, value in saved.items():
+    if key not in params:
+      raise ValueError(f"{source}: saved parameter {key!r} does not exist in this run's model.")
+    if isinstance(value, dict):
+      out[key] = overlay(params[key], value, source)
+    elif value.shape != params[key].shape:
+      raise ValueError(f"{source}: saved parameter {key!r} has shape {value.shape}, this run's "
+                       f"model expects {params[key].shape}.")
+    else:
+      out[key] = value
+  return out
 
 
 def warn_if_recompiled(jitted: Any, name: str, step: int) -> bool:
@@ -145,12 +164,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   task = build_task(config, model_config)
   num_steps = config.train.num_steps
   optimizer_config = OptimizerConfig(**config.optimizer)
-  optimizer = make_optimizer(optimizer_config, num_steps)
-  schedule = make_schedule(optimizer_config, num_steps)
-
   abstract_model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)
   param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
+  optimizer = make_optimizer(optimizer_config, num_steps)
+  if model_config.lora_rank:
+    # LoRA: only the adapters train; the base weights get no update and no optimizer state.
+    optimizer = train_only(optimizer, nnx.to_pure_dict(abstract_params),
+                           lambda path: path[-1].endswith(("_lora_a", "_lora_b")))
+  schedule = make_schedule(optimizer_config, num_steps)
   pipeline = build_pipeline(config, graphdef, optimizer, task)
 
   def state_from(params: dict) -> TrainState:
@@ -186,7 +208,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     start_step = 0
     logging.warning("Starting from the model saved in %s", config.init_from)
     _, _, loaded = load_orbax_params(config.init_from, mesh, rules)
-    state = jax.jit(state_from, out_shardings=state_shardings)(nnx.to_pure_dict(loaded))
+
+    def start_from(loaded: dict) -> TrainState:
+      # Fresh parameters (e.g. new LoRA adapters) from the seed, the saved ones over them.
+      params = nnx.to_pure_dict(nnx.state(Transformer(model_config, rngs=nnx.Rngs(params=config.seed))))
+      return state_from(overlay(params, loaded, config.init_from))
+
+    state = jax.jit(start_from, out_shardings=state_shardings)(nnx.to_pure_dict(loaded))
   else:
     start_step = 0
     state = jax.jit(init_state, out_shardings=state_shardings)()

@@ -118,3 +118,24 @@ def test_recompilation_is_detected():
   assert not train_lib.warn_if_recompiled(jitted, "toy", 1)
   jitted(np.ones(4))
   assert train_lib.warn_if_recompiled(jitted, "toy", 2)
+
+
+def test_lora_trains_only_the_adapters(tmp_path):
+  from flax import nnx
+  from selfimprove.models import Transformer
+  from selfimprove.run_setup import build_model_config
+
+  config = make_test_config(**{"model.lora_rank": 2, "train.num_steps": 2, "train.eval_every": 2,
+                               "train.checkpoint_every": 2})
+  train_lib.train(config, str(tmp_path))
+  _, trained = final_params(str(tmp_path))
+  model_config = build_model_config(config)
+  # Initialised under jit as the trainer does (eager init can differ in the last bit).
+  initial = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(model_config, rngs=nnx.Rngs(params=0)))))()
+  changed = {jax.tree_util.keystr(path): not np.array_equal(a, b) for (path, a), (_, b) in
+             zip(jax.tree_util.tree_flatten_with_path(trained)[0],
+                 jax.tree_util.tree_flatten_with_path(initial)[0])}
+  adapters = {k: v for k, v in changed.items() if "_lora_" in k}
+  base = {k: v for k, v in changed.items() if "_lora_" not in k}
+  assert adapters and any(adapters.values())   # B starts at zero and moves
+  assert base and not any(base.values()), [k for k, v in base.items() if v]
