@@ -3,9 +3,13 @@
     python launch/sample.py --config=configs/sample.py:tiny --prompts="12+34=,7*8="
     python launch/sample.py --config=configs/sample.py:tiny --config.sampling.temperature=0.7
 
+    python launch/sample.py --config=configs/sample.py --config.init_from=/runs/x/params \
+        --config.tokenizer=/models/Qwen2.5-0.5B --prompts="Hello"
+
 The `:arg` picks the model preset. With `init_from` empty the model is freshly
 initialised from `seed` (useful to check an install or time a preset); the
-output is then random bytes.
+output is then random bytes. `init_from` takes a saved model (a run's DIR/params
+or launch/convert.py output); `tokenizer` is "byte" or a Hugging Face folder.
 """
 
 import ml_collections
@@ -14,9 +18,9 @@ import ml_collections
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.model = arg                  # preset name, see selfimprove/models/config.py
-  config.init_from = ""               # checkpoint to load; "" = random init from `seed`
+  config.init_from = ""               # saved model to load; "" = random init from `seed`
   config.seed = 0
-  config.tokenizer = "byte"           # "byte": selfimprove.tokenizers.ByteTokenizer
+  config.tokenizer = "byte"           # "byte" or a Hugging Face model/tokenizer folder
   config.prompt_len = 64
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sampling = ml_collections.ConfigDict(dict(

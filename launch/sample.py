@@ -18,6 +18,8 @@ from flax import nnx  # noqa: E402
 
 from selfimprove import sharding  # noqa: E402
 from selfimprove.models import Transformer, get_preset  # noqa: E402
+from selfimprove.models.hf_tokenizer import load_tokenizer  # noqa: E402
+from selfimprove.models.orbax_params import load_orbax_params  # noqa: E402
 from selfimprove.sampling import SamplingConfig, make_sampler  # noqa: E402
 from selfimprove.tokenizers import ByteTokenizer, encode_batch  # noqa: E402
 
@@ -28,20 +30,27 @@ _PROMPTS = flags.DEFINE_list("prompts", ["Hello"], "Comma-separated prompts.")
 def main(argv):
   del argv
   config = _CONFIG.value
-  if config.tokenizer != "byte":
-    raise ValueError(f"config.tokenizer: only 'byte' is available, got {config.tokenizer!r}.")
-  if config.init_from:
-    raise ValueError("config.init_from: loading checkpoints is not available yet; leave it empty.")
-  tokenizer = ByteTokenizer()
-  model_config = get_preset(config.model)
-  if tokenizer.vocab_size > model_config.vocab_size:
-    raise ValueError(f"config.model {config.model!r} has vocab {model_config.vocab_size} < "
-                     f"the tokenizer's {tokenizer.vocab_size}.")
+  if config.tokenizer == "byte":
+    tokenizer, stop_ids = ByteTokenizer(), (ByteTokenizer.EOS,)
+  elif os.path.isdir(config.tokenizer):
+    tokenizer = load_tokenizer(config.tokenizer)
+    stop_ids = tokenizer.stop_ids
+  else:
+    raise ValueError(f"config.tokenizer={config.tokenizer!r}: expected 'byte' or a Hugging Face "
+                     f"model/tokenizer folder.")
   mesh = sharding.make_mesh(**config.mesh)
+  if config.init_from:
+    model_config, graphdef, params = load_orbax_params(config.init_from, mesh)
+  else:
+    model_config = get_preset(config.model)
+    graphdef, params = sharding.init_sharded(
+        lambda: Transformer(model_config, rngs=nnx.Rngs(params=config.seed)), mesh,
+        model_config.sharding_rules)
   rules = model_config.sharding_rules
-  graphdef, params = sharding.init_sharded(
-      lambda: Transformer(model_config, rngs=nnx.Rngs(params=config.seed)), mesh, rules)
-  sampling = SamplingConfig(stop_token_ids=(tokenizer.eos_id,), pad_token_id=tokenizer.pad_id,
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise ValueError(f"The model's vocab_size {model_config.vocab_size} is smaller than the "
+                     f"tokenizer's {tokenizer.vocab_size}.")
+  sampling = SamplingConfig(stop_token_ids=stop_ids, pad_token_id=tokenizer.pad_id,
                             **config.sampling)
   prompts = list(_PROMPTS.value)
   tokens, mask = encode_batch(tokenizer, prompts, config.prompt_len, add_bos=True)
