@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from selfimprove.models import count_params, get_preset, init_model  # noqa: E402
+from selfimprove.models import get_preset, init_model  # noqa: E402
 from selfimprove.sampling import SamplingConfig, make_sampler  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_sampling.py:tiny")

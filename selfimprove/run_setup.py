@@ -16,11 +16,12 @@ from selfimprove import data as data_lib
 from selfimprove.models import TransformerConfig
 from selfimprove.models.orbax_params import read_orbax_metadata
 from selfimprove.pipelines.base import Pipeline
+from selfimprove.pipelines.score import SCoRe, SCoReConfig
 from selfimprove.pipelines.sft import SFT
 from selfimprove.sampling import SamplingConfig
 from selfimprove.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 
-PIPELINES = ("sft",)
+PIPELINES = ("sft", "score")
 TASKS = ("arithmetic",)
 
 
@@ -63,6 +64,12 @@ def build_pipeline(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
         max_new_tokens=task.answer_len, greedy=True,
         stop_token_ids=(task.tokenizer.eos_id,), pad_token_id=task.tokenizer.pad_id)
     return SFT(graphdef=graphdef, optimizer=optimizer, task=task, eval_sampling=eval_sampling)
+  if config.pipeline == "score":
+    if "score" not in config:
+      raise ValueError("config.pipeline='score' needs a config.score section "
+                       "(see configs/score_arithmetic.py).")
+    score = SCoReConfig(**{"max_new_tokens": task.answer_len, **config.score.to_dict()})
+    return SCoRe(graphdef=graphdef, optimizer=optimizer, task=task, config=score)
   raise ValueError(f"config.pipeline={config.pipeline!r}: expected one of {PIPELINES}.")
 
 

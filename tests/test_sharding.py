@@ -1,7 +1,6 @@
 """Mesh and logical-axis sharding on 8 fake CPU devices (set in conftest.py)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

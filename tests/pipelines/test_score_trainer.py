@@ -1,9 +1,5 @@
-"""SCoRe under the real trainer: eval/<figure> logging, ref params in the checkpoint, exact resume.
-
-run_setup does not register "score" yet, so the test swaps the trainer's
-`build_pipeline` for one that returns a SCoRe pipeline (the config's pipeline
-field stays "sft" to pass validation).
-"""
+"""SCoRe under the real trainer (configs/score_arithmetic.py:test): eval/<figure> logging, ref
+params in the checkpoint, exact resume."""
 
 import os
 import shutil
@@ -14,26 +10,22 @@ import orbax.checkpoint as ocp
 import pytest
 
 from selfimprove import train as train_lib
-from selfimprove.pipelines.score import SCoRe, SCoReConfig
-from tests.train_helpers import assert_trees_equal, make_test_config, read_metrics
+from tests.train_helpers import assert_trees_equal, read_metrics
 
 STAGE1_STEPS = 2
 EVAL_FIGURES = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "edit_distance", "changed")
 
 
-@pytest.fixture
-def score_trainer(monkeypatch):
-  def build_score(config, graphdef, optimizer, task):
-    del config
-    return SCoRe(graphdef=graphdef, optimizer=optimizer, task=task,
-                 config=SCoReConfig(correction_instruction="=", max_new_tokens=task.answer_len,
-                                    stage1_steps=STAGE1_STEPS, num_samples_per_prompt=2))
-  monkeypatch.setattr(train_lib, "build_pipeline", build_score)
-
-
 def _config(**overrides):
-  return make_test_config(**{"mesh.num_devices": 1, "mesh.data": 1, "train.async_checkpoints": False,
-                             "eval.num_examples": 16, **overrides})
+  from configs.score_arithmetic import get_config
+  config = get_config("test").unlock()
+  assert config.score.stage1_steps == STAGE1_STEPS
+  overrides = {"mesh.num_devices": 1, "mesh.data": 1, "train.async_checkpoints": False,
+               "eval.num_examples": 16, **overrides}
+  for name, value in overrides.items():
+    section, field = name.split(".")
+    config[section][field] = value
+  return config.lock()
 
 
 def _final_state(workdir):
@@ -44,7 +36,7 @@ def _final_state(workdir):
   return step, jax.tree.map(np.asarray, restored["state"])
 
 
-def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, score_trainer, caplog):
+def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
   full = str(tmp_path / "full")
   result = train_lib.train(_config(), full)
   rows = read_metrics(full)
