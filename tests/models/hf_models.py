@@ -108,3 +108,14 @@ def _forward(graphdef, params, tokens, mask):
 
 # One compiled forward per (graphdef, shapes), shared by every test module.
 forward = jax.jit(_forward, static_argnums=0)
+
+
+def convert_module():
+  """launch/convert.py imported as a module (launch/ is scripts, not a package)."""
+  import importlib.util
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  spec = importlib.util.spec_from_file_location("convert", os.path.join(root, "launch", "convert.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -1,6 +1,5 @@
 """Orbax params checkpoints (what init_from reads) and launch/convert.py in both directions."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,16 +13,9 @@ import transformers
 from selfimprove import sharding
 from selfimprove.models import add_adapters, load_orbax_params, save_orbax_params
 from selfimprove.models.hf import load_hf
-from tests.models.hf_models import forward, hf_logits, padded_batch
+from tests.models.hf_models import convert_module, forward, hf_logits, padded_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _convert_module():
-  spec = importlib.util.spec_from_file_location("convert", os.path.join(ROOT, "launch", "convert.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_save_and_load_round_trip_with_sharded_restore(hf_case, tmp_path):
@@ -70,7 +62,7 @@ def test_convert_hf_to_orbax_and_back_with_lora_merged(hf_case, tmp_path):
   save_orbax_params(orbax_dir, lora_config, lora_params,
                     metadata={k: v for k, v in metadata.items() if k != "transformer_config"})
   # Orbax -> HF (the launcher's function; the subprocess path is covered above).
-  _convert_module().orbax_to_hf(orbax_dir, hf_dir, tokenizer_dir=case.folder)
+  convert_module().orbax_to_hf(orbax_dir, hf_dir, tokenizer_dir=case.folder)
   hf_config = json.load(open(os.path.join(hf_dir, "config.json")))
   original = json.load(open(os.path.join(case.folder, "config.json")))
   for key in ("architectures", "bos_token_id", "eos_token_id", "layer_types", "sliding_window"):

@@ -1,7 +1,5 @@
 """A Hugging Face model, converted by launch/convert.py, is a valid `init_from` for the trainer."""
 
-import importlib.util
-import os
 
 import jax
 import numpy as np
@@ -9,20 +7,14 @@ from flax import nnx
 
 from selfimprove import train as train_lib
 from selfimprove.models.hf import load_hf
-from tests.train_helpers import ROOT, final_params, make_test_config
-
-
-def _convert_module():
-  spec = importlib.util.spec_from_file_location("convert", os.path.join(ROOT, "launch", "convert.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests.models.hf_models import convert_module
+from tests.train_helpers import final_params, make_test_config
 
 
 def test_sft_starts_from_a_converted_hf_model(hf_case, tmp_path):
   case = hf_case("qwen2")
   orbax_dir = str(tmp_path / "qwen2_orbax")
-  _convert_module().hf_to_orbax(case.folder, orbax_dir)
+  convert_module().hf_to_orbax(case.folder, orbax_dir)
   workdir = str(tmp_path / "run")
   # lr 1e-30: the parameters move by ~1e-30 at most (non-zero float32 values not at all), so
   # the run ends where it started: the imported HF weights.
