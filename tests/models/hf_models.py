@@ -13,6 +13,7 @@ generations are not one repeated token.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -110,8 +111,12 @@ def _forward(graphdef, params, tokens, mask):
 forward = jax.jit(_forward, static_argnums=0)
 
 
+@functools.lru_cache(maxsize=None)
 def convert_module():
-  """launch/convert.py imported as a module (launch/ is scripts, not a package)."""
+  """launch/convert.py imported as a module (launch/ is scripts, not a package).
+
+  Imported once per process: it defines absl flags, which may be defined only once.
+  """
   import importlib.util
   import os
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
