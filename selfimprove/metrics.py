@@ -148,6 +148,7 @@ class ProgressBar:
     self._values: dict[str, float] = {}
     self._first: tuple[int, float] | None = None   # (step, time) of the first update
     self._last_render = -math.inf
+    self._rendered_step: int | None = None
     self._last_width = 0
 
   def update(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -177,6 +178,7 @@ class ProgressBar:
 
   def _render(self, now: float) -> None:
     self._last_render = now
+    self._rendered_step = self._step
     if not self._active:
       return
     text = self.line(now)
@@ -189,8 +191,9 @@ class ProgressBar:
     self._stream.flush()
 
   def close(self) -> None:
-    """Draws the final state and ends the line."""
-    self._render(time.monotonic())
+    """Draws the final state (unless already shown) and ends the line."""
+    if self._rendered_step != self._step:
+      self._render(time.monotonic())
     if self._active and self._is_tty:
       self._stream.write("\n")
       self._stream.flush()
