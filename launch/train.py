@@ -18,6 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-process run: call jax.distributed.initialize(), which detects "
+    "TPU pods, SLURM and similar clusters by itself; elsewhere also pass the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,8 +51,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Orbax logs every save step at INFO; keep the console to the progress bar and warnings.
     logging.set_verbosity(logging.WARNING)
-  if os.environ.get("SELFIMPROVE_DISTRIBUTED"):  # multi-host: coordinator from the environment
-    jax.distributed.initialize()
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   try:
     result = train(_CONFIG.value, _WORKDIR.value)
   except ConfigError as error:

@@ -138,9 +138,8 @@ def evaluate(eval_fn, params, batches, mesh, rules, rng, names) -> dict[str, flo
     valid = batch["valid"]
     rows = len(valid) // processes
     local = {k: v[process * rows:(process + 1) * rows] for k, v in batch.items() if k != "valid"}
+    # eval_fn's outputs are replicated, so every process reads the whole batch's values.
     values = jax.device_get(eval_fn(params, _device_batch(local, mesh, rules, 0), rng))
-    if processes > 1:
-      values = multihost_utils.process_allgather(values, tiled=True)
     for name in names:
       totals[name] += float(np.sum(np.asarray(values[name])[valid]))
     count += int(valid.sum())
