@@ -1,8 +1,6 @@
 """launch/train.py as two jax.distributed processes (gloo, one CPU device each) on one workdir."""
 
 import os
-import socket
-import subprocess
 import sys
 
 import jax
@@ -11,34 +9,20 @@ import numpy as np
 from flax import nnx
 
 from selfimprove.models.orbax_params import load_orbax_params
+from tests.processes import free_port, run_all
 from tests.train_helpers import CONFIG, ROOT, TRAIN, final_params, launch, read_metrics
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def test_two_process_training_matches_one_process_on_the_same_mesh(tmp_path):
   workdir = str(tmp_path / "two")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(PYTHONPATH=ROOT, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, TRAIN, f"--config={CONFIG}:test", f"--workdir={workdir}", "--distributed",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = []
-  for proc in procs:
-    try:
-      outputs.append(proc.communicate(timeout=600)[0])
-    except subprocess.TimeoutExpired:
-      for p in procs:
-        p.kill()
-      raise
-  for i, (proc, output) in enumerate(zip(procs, outputs)):
-    assert proc.returncode == 0, f"process {i} failed:\n{output[-4000:]}"
+  port = free_port()
+  procs = run_all([[sys.executable, TRAIN, f"--config={CONFIG}:test", f"--workdir={workdir}",
+                    "--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                    f"--process_id={i}"] for i in range(2)], env)
+  for i, proc in enumerate(procs):
+    assert proc.returncode == 0, f"process {i} failed:\n{proc.output[-4000:]}"
 
   # The same global batches on a 2-device mesh in one process.
   single = str(tmp_path / "one")
