@@ -32,7 +32,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       source="task",            # "task": the task's own train/eval splits; "jsonl": files below
       train_path="", eval_path="", prompt_field="prompt", answer_field="answer",
-      shuffle=True))
+      shuffle=True,
+      # Warm start for SCoRe: this share of training rows becomes two-turn demos
+      # [x, draft, instruction] -> answer (selfimprove/correction_demos.py); 0 = plain SFT.
+      correction_demos=0.0, wrong_draft_fraction=0.5, correction_instruction=""))
 
   model = dataclasses.asdict(get_preset("tiny"))
   model.pop("sharding_rules")
@@ -46,7 +49,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       schedule_steps=-1))
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, global_batch_size=64, steps_per_call=10, log_every=50, eval_every=250,
-      checkpoint_every=250, keep_checkpoints=2, async_checkpoints=True, max_consecutive_skips=5))
+      checkpoint_every=250, eval_at_start=False, keep_checkpoints=2, async_checkpoints=True, max_consecutive_skips=5))
   config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_examples=-1))
 
   if arg == "test":

@@ -3,6 +3,8 @@
 Override any config field with `--config.section.field=value`. Relaunching the
 same command resumes from the newest checkpoint in DIR (exactly: parameters,
 optimizer, RNG stream and data position). SIGTERM checkpoints and exits 0.
+A config with a `warm_start` section (a whole run config, e.g. SFT before
+SCoRe) trains that first in DIR/warm_start and starts from its parameters.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def main(argv):
   del argv
   import jax  # after flag parsing, so a bad flag never waits for backend start-up
   from selfimprove.config_checks import ConfigError
-  from selfimprove.train import train
+  from selfimprove.train import train_with_warm_start
 
   if not flags.FLAGS["verbosity"].present:
     # Orbax logs every save step at INFO; keep the console to the progress bar and warnings.
@@ -55,7 +57,7 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   try:
-    result = train(_CONFIG.value, _WORKDIR.value)
+    result = train_with_warm_start(_CONFIG.value, _WORKDIR.value)
   except ConfigError as error:
     print(f"Config error: {error}", file=sys.stderr)
     sys.exit(2)

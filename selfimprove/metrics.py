@@ -292,9 +292,19 @@ def summarize(workdir: str) -> str:
   steps, losses = _series(records, "train/loss")
   if losses:
     lines.append(f"  train/loss: last {losses[-1]:.4g} (step {steps[-1]})")
-  for key in (k for k in _numeric_keys(records) if k.startswith("eval/")):
+  eval_keys = [k for k in _numeric_keys(records) if k.startswith("eval/")]
+  for key in eval_keys:
     steps, values = _series(records, key)
     best = int(np.argmin(values) if _lower_is_better(key) else np.argmax(values))
     lines.append(f"  {key}: final {values[-1]:.4g} (step {steps[-1]}), "
                  f"best {values[best]:.4g} (step {steps[best]})")
+  series = {key: _series(records, key) for key in eval_keys}
+  if series and all(steps[0] == 0 and steps[-1] > 0 for steps, _ in series.values()):
+    # The run evaluated its starting model (train.eval_at_start): before/after table.
+    last = max(steps[-1] for steps, _ in series.values())
+    width = max(len(key) for key in series)
+    lines.append(f"  {'':{width}}  {'before':>8}  {'after':>8}  {'change':>8}   (step 0 -> {last})")
+    for key, (_, values) in series.items():
+      lines.append(f"  {key:{width}}  {values[0]:8.4f}  {values[-1]:8.4f}  "
+                   f"{values[-1] - values[0]:+8.4f}")
   return "\n".join(lines)

@@ -6,13 +6,15 @@ keyword arguments.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
 from selfimprove import data as data_lib
+from selfimprove.correction_demos import CorrectionDemoConfig, CorrectionDemoEncoder
 from selfimprove.models import TransformerConfig
 from selfimprove.models.orbax_params import read_orbax_metadata
 from selfimprove.pipelines.base import Pipeline
@@ -71,6 +73,19 @@ def build_pipeline(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
     score = SCoReConfig(**{"max_new_tokens": task.answer_len, **config.score.to_dict()})
     return SCoRe(graphdef=graphdef, optimizer=optimizer, task=task, config=score)
   raise ValueError(f"config.pipeline={config.pipeline!r}: expected one of {PIPELINES}.")
+
+
+def train_encoder(config: ml_collections.ConfigDict, task: ArithmeticTask
+                  ) -> Callable[[dict], dict[str, np.ndarray]]:
+  """Encodes a training record; with config.data.correction_demos > 0 some rows become
+  two-turn correction demos (see selfimprove/correction_demos.py)."""
+  fraction = config.data.get("correction_demos", 0.0)
+  if not fraction:
+    return task.encode
+  demos = CorrectionDemoConfig(
+      fraction=fraction, wrong_draft_fraction=config.data.wrong_draft_fraction,
+      instruction=config.data.correction_instruction, seed=config.seed)
+  return CorrectionDemoEncoder(task, demos)
 
 
 def _with_targets(records: list[dict], path: str) -> list[dict]:

@@ -34,7 +34,8 @@ from selfimprove.models import Transformer
 from selfimprove.models.orbax_params import load_orbax_params, save_orbax_params
 from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule, train_only
 from selfimprove.pipelines.base import Pipeline
-from selfimprove.run_setup import build_model_config, build_pipeline, build_task, load_records
+from selfimprove.run_setup import (build_model_config, build_pipeline, build_task, load_records,
+                                   train_encoder)
 from selfimprove.train_state import TrainState, step_key
 
 # Test-only: after finalising the checkpoint of this step, print a marker and
@@ -191,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   train_records, eval_records = load_records(config, task)
   iterator = data_lib.make_iterator(
-      train_records, task.encode, global_batch_size=config.train.global_batch_size,
+      train_records, train_encoder(config, task), global_batch_size=config.train.global_batch_size,
       seed=config.seed, shuffle=config.data.shuffle)
   eval_batches = data_lib.eval_batches(eval_records, task.encode, config.eval.batch_size)
 
@@ -238,11 +239,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   eval_rng = jax.random.key(config.seed + 1)
 
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
+  last_eval: dict[str, float] = {}
+  if start_step == 0 and config.train.get("eval_at_start", False):
+    # The starting model's figures (step 0), e.g. the warm start before SCoRe.
+    with jax.set_mesh(mesh):
+      last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
+                           pipeline.eval_metric_names)
+    writer.write(0, dict(last_eval))
   progress = metrics_lib.ProgressBar(num_steps, initial_step=start_step,
                                      keys=("train/loss",) + tuple(f"eval/{n}" for n in pipeline.eval_metric_names))
   pause_step = int(os.environ.get(_PAUSE_ENV, "-1"))
   step = start_step
-  last_eval: dict[str, float] = {}
   warned_recompile = False  # warn once per run
   interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
   with jax.set_mesh(mesh), _Preemption() as preemption:
@@ -310,3 +317,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     print(metrics_lib.summarize(workdir))
     print(f"curves: {plot_path}")
   return {"step": step, **last_eval}
+
+
+def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """`train`, first training `config.warm_start` (a whole run config) when the config has one.
+
+  The warm-start run lives in workdir/warm_start and the main run starts from
+  its exported parameters (`init_from`), e.g. SFT then SCoRe in one command.
+  Relaunching resumes whichever stage was interrupted; a finished warm start
+  (its params exist) is not run again. An explicit `config.init_from` skips it.
+  """
+  if config.get("warm_start") is None or config.init_from:
+    return train(config, workdir)
+  warm_dir = os.path.join(workdir, "warm_start")
+  warm_params = os.path.join(warm_dir, "params")
+  if not os.path.exists(os.path.join(warm_params, "model_config.json")):
+    logging.warning("Warm start: training %s first", warm_dir)
+    train(config.warm_start, warm_dir)
+  config = ml_collections.ConfigDict(config.to_dict())   # an unlocked copy
+  config.init_from = warm_params
+  return train(config, workdir)

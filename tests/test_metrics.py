@@ -162,6 +162,20 @@ def test_summarize_reports_final_and_best_eval_values(tmp_path):
   assert "perf/" not in text
 
 
+def test_summarize_prints_a_before_after_table_when_step_0_was_evaluated(tmp_path):
+  workdir = str(tmp_path)
+  _write_run(workdir)
+  assert "(step 0 ->" not in summarize(workdir)      # no step-0 eval: no table
+  with MetricsWriter(str(tmp_path / "with_start"), tensorboard=False) as writer:
+    writer.write(0, {"eval/acc_t1": 0.5, "eval/delta": -0.25})
+    writer.write(10, {"train/loss": 1.0})
+    writer.write(20, {"eval/acc_t1": 0.625, "eval/delta": 0.125})
+  lines = summarize(str(tmp_path / "with_start")).splitlines()
+  assert lines[-3].split() == ["before", "after", "change", "(step", "0", "->", "20)"]
+  assert lines[-2].split() == ["eval/acc_t1", "0.5000", "0.6250", "+0.1250"]
+  assert lines[-1].split() == ["eval/delta", "-0.2500", "0.1250", "+0.3750"]
+
+
 class _FakeClock:
   def __init__(self):
     self.now = 100.0

@@ -20,8 +20,10 @@ Modes (`SCoReConfig.mode`), the same code with different coefficients:
   "multiturn_rl_baseline": Stage II only, alpha = 0 (the paper's "without
       Stage I, without shaping" multi-turn RL baseline).
   "star_baseline": STaR-style SFT on the model's own two-turn traces whose
-      attempt 2 is correct: maximum likelihood of both attempts of the kept
-      traces (REINFORCE with a 0/1 advantage = r2 and no KL).
+      attempt 2 is correct: maximum likelihood of attempt 2 given [x, y1, p]
+      on the kept traces (REINFORCE with a 0/1 advantage = r2 on turn 2, no
+      turn-1 term, no KL). Attempt 1 is not trained: imitating the kept
+      traces' wrong first attempts would lower Acc@t1 and inflate Delta.
 
 Deviation notes: log-probs are re-scored at temperature 1; with a sampling
 `temperature` != 1 the samples come from a different distribution than the
@@ -157,8 +159,9 @@ def score_loss(logp_t1: jax.Array, ref_logp_t1: jax.Array, mask_t1: jax.Array,
   kl_t2 = per_token_kl(logp_t2, ref_logp_t2, config.kl_estimator)
   n, estimator = config.num_samples_per_prompt, config.advantage
   if config.mode == "star_baseline":
-    # Keep traces whose attempt 2 is right; maximum likelihood of both attempts.
-    adv_t1 = adv_t2 = reward_t2
+    # Keep traces whose attempt 2 is right; maximum likelihood of that attempt 2 given [x, y1, p].
+    adv_t1 = jnp.zeros_like(reward_t1)
+    adv_t2 = reward_t2
     kl_coef_t1 = kl_coef_t2 = 0.0
     used_reward_t2 = reward_t2
   else:

@@ -259,6 +259,19 @@ class ArithmeticTask:
             "answer_tokens": answer_tokens[0], "answer_mask": answer_mask[0],
             "target": np.int32(target)}
 
+  def wrong_answer(self, target: int, rng: np.random.Generator) -> str:
+    """A plausible wrong answer to `target` (host side): one digit off by one, as a carry slip.
+
+    Never equal to target and never with a leading zero; the sign is kept.
+    """
+    sign, digits = ("-" if target < 0 else ""), [int(d) for d in str(abs(int(target)))]
+    position = int(rng.integers(len(digits)))
+    step = 1 if rng.random() < 0.5 else -1
+    if position == 0 and len(digits) > 1 and digits[0] + step in (0, 10):
+      step = -step                   # "1.." -> "2..", "9.." -> "8..": no leading zero
+    digits[position] = (digits[position] + step) % 10
+    return sign + "".join(map(str, digits))
+
   def generate(self, rng: jax.Array, batch_size: int) -> dict[str, jax.Array]:
     """Draws `batch_size` training problems in-graph (jittable); same arrays as batched `encode`.
 

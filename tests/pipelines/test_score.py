@@ -136,10 +136,10 @@ def test_score_loss_baselines_by_hand():
   loss, _ = score_loss(*arrays, jnp.array(False), config)
   expected = -np.mean(r1n * s1) - np.mean(r2n * s2) + 0.01 * (np.mean(kl1) + np.mean(kl2))
   assert float(loss) == pytest.approx(expected, rel=1e-5)
-  # STaR: likelihood of both attempts of traces whose attempt 2 is right, no KL.
+  # STaR: likelihood of attempt 2 of traces whose attempt 2 is right; no turn-1 term, no KL.
   config = SCoReConfig(**common, mode="star_baseline")
   loss, _ = score_loss(*arrays, jnp.array(False), config)
-  assert float(loss) == pytest.approx(-np.mean(r2n * (s1 + s2)), rel=1e-5)
+  assert float(loss) == pytest.approx(-np.mean(r2n * s2), rel=1e-5)
   # RLOO with 2 samples per prompt: A = r - other = +-(r_a - r_b).
   config = SCoReConfig(**common, advantage="rloo")
   loss, _ = score_loss(*arrays, jnp.array(False), config)
@@ -274,3 +274,27 @@ def test_baseline_modes_trace_the_same_step(mode):
   new_state, metrics = jax.eval_shape(pipeline.step, state, batch, jax.random.key(1))
   assert set(METRIC_KEYS) <= set(metrics) and all(m.shape == () for m in metrics.values())
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+def test_sampled_evaluation(parity_run):
+  """eval_greedy=False: attempts are sampled at eval_temperature, reproducibly per key, and the
+  figures are those of exactly the sampled attempts."""
+  base = parity_run["pipeline"]
+  pipeline = dataclasses.replace(base, config=dataclasses.replace(base.config, eval_greedy=False,
+                                                                  eval_temperature=1.0))
+  sampling = pipeline.sampling_config(train=False)
+  assert not sampling.greedy and sampling.temperature == 1.0 and sampling.num_samples_per_prompt == 1
+  params, batch = parity_run["states"][-1].params, parity_run["batch"]
+  evaluate = jax.jit(pipeline.evaluate)
+  rollout_fn = jax.jit(pipeline.rollout, static_argnums=3)
+  values = jax.device_get(evaluate(params, batch, jax.random.key(0)))
+  jax.tree.map(np.testing.assert_array_equal, values,
+               jax.device_get(evaluate(params, batch, jax.random.key(0))))
+  rollouts = [rollout_fn(params, batch, jax.random.key(k), sampling) for k in range(4)]
+  assert len({np.asarray(r.tokens_t1).tobytes() for r in rollouts}) > 1   # the key matters
+  rollout = rollouts[0]
+  for row in range(rollout.tokens_t1.shape[0]):
+    r1 = python_parity(rollout.tokens_t1[row], rollout.mask_t1[row])
+    r2 = python_parity(rollout.tokens_t2[row], rollout.mask_t2[row])
+    assert (values["acc_t1"][row], values["acc_t2"][row]) == (r1, r2)
+    assert values["delta_i2c"][row] - values["delta_c2i"][row] == r2 - r1
