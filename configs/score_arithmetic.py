@@ -1,16 +1,20 @@
-"""SCoRe (multi-turn self-correction RL) on integer arithmetic, from a saved warm-start model.
+"""SCoRe (multi-turn self-correction RL) on 3-digit addition: SFT warm start, then SCoRe.
 
-    # 1. warm start (SFT), 2. SCoRe from its parameters:
-    python launch/train.py --config=configs/sft_arithmetic.py:tiny --workdir=/tmp/sft
-    python launch/train.py --config=configs/score_arithmetic.py:tiny --workdir=/tmp/score \\
-        --config.init_from=/tmp/sft/params
+    python launch/train.py --config=configs/score_arithmetic.py:tiny --workdir=/tmp/score
+
+One command runs both stages: the `warm_start` section (a whole SFT run config)
+trains first in DIR/warm_start, with some rows as two-turn correction demos so
+the model knows the format (selfimprove/correction_demos.py); SCoRe then starts
+from its parameters (`init_from`). It prints a before/after table of the eval
+figures (eval/acc_t1, eval/acc_t2, eval/delta, eval/delta_i2c, eval/delta_c2i)
+and saves their curves in DIR/curves.png. Relaunching resumes either stage.
 
 Baselines are switches of the same pipeline: `--config.score.mode=multiturn_rl_baseline`
 (no Stage I, alpha = 0) and `--config.score.mode=star_baseline` (SFT on the model's own
-traces whose second attempt is correct).
+traces whose second attempt is correct). To start from another model instead, pass
+`--config.init_from=DIR/params` (the warm start is then skipped).
 
-Status: the pipeline, its losses and metrics are tested; the demo's task variant and its
-measured result are still to come (issue 4), so `tiny` has no expected result yet.
+Expected result (tiny, 2-core CPU): see docs/results/score.md.
 Presets: `tiny`, `test` (2-layer model, a few steps, for tests).
 """
 
@@ -18,18 +22,35 @@ import ml_collections
 
 from configs.sft_arithmetic import get_config as get_sft_config
 
+INSTRUCTION = "="   # appended after attempt 1; must use the task's alphabet
+
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config = get_sft_config(arg).unlock()
+  if arg == "tiny":
+    config.task.update(dict(min_digits=3, max_digits=3))
+    config.model.vocab_size = 32        # the task's 17 symbols; a smaller, faster softmax
+  warm_start = get_sft_config(arg).unlock()
+  warm_start.task = ml_collections.ConfigDict(config.task.to_dict())
+  warm_start.model = ml_collections.ConfigDict(config.model.to_dict())
+  warm_start.data.update(dict(correction_demos=0.5, wrong_draft_fraction=0.5,
+                              correction_instruction=INSTRUCTION))
+  if arg == "tiny":
+    warm_start.train.update(dict(num_steps=350, eval_every=350, checkpoint_every=350))
+    warm_start.eval.num_examples = 1024
+  config.warm_start = warm_start.lock()
+
   config.pipeline = "score"
   config.score = ml_collections.ConfigDict(dict(
-      correction_instruction="=",   # appended after attempt 1; must use the task's alphabet
+      correction_instruction=INSTRUCTION,
       stage1_steps=100 if arg == "tiny" else 2,
       alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator="k3", advantage="reinforce",
       num_samples_per_prompt=2, temperature=1.0, mode="score",
       eval_greedy=True, eval_temperature=1.0))
+  config.train.eval_at_start = True
   if arg == "tiny":
-    config.optimizer.update(dict(learning_rate=1e-5, warmup_steps=0, decay="constant"))
-    config.train.update(dict(num_steps=400, global_batch_size=32, steps_per_call=4, log_every=20,
+    config.optimizer.update(dict(learning_rate=1e-4, warmup_steps=0, decay="constant"))
+    config.train.update(dict(num_steps=300, global_batch_size=32, steps_per_call=4, log_every=20,
                              eval_every=100, checkpoint_every=100))
+    config.eval.num_examples = 1024
   return config.lock()

@@ -29,7 +29,7 @@ from selfimprove import data as data_lib
 from selfimprove import metrics as metrics_lib
 from selfimprove import sharding
 from selfimprove.checkpoint import Checkpointer, abstract_like
-from selfimprove.config_checks import validate_config
+from selfimprove.config_checks import ConfigError, validate_config
 from selfimprove.models import Transformer
 from selfimprove.models.orbax_params import load_orbax_params, save_orbax_params
 from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule, train_only
@@ -329,6 +329,11 @@ def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> di
   """
   if config.get("warm_start") is None or config.init_from:
     return train(config, workdir)
+  if config.warm_start.task.to_dict() != config.task.to_dict():
+    raise ConfigError(
+        f"config.warm_start.task ({config.warm_start.task.to_dict()}) differs from config.task "
+        f"({config.task.to_dict()}): the warm start must train on the same task and held-out split; "
+        f"override both (e.g. --config.task.split_seed=1 --config.warm_start.task.split_seed=1).")
   warm_dir = os.path.join(workdir, "warm_start")
   warm_params = os.path.join(warm_dir, "params")
   if not os.path.exists(os.path.join(warm_params, "model_config.json")):

@@ -2,6 +2,7 @@
 params in the checkpoint, exact resume."""
 
 import os
+import re
 import shutil
 
 import jax
@@ -44,7 +45,7 @@ def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
   assert [(r["step"], r["train/stage"]) for r in train_rows] == [(2, 1.0), (4, 2.0), (6, 2.0),
                                                                   (8, 2.0)]
   for name in EVAL_FIGURES:
-    assert [r["step"] for r in rows if f"eval/{name}" in r] == [4, 8]
+    assert [r["step"] for r in rows if f"eval/{name}" in r] == [0, 4, 8]   # 0: eval_at_start
     assert np.isfinite(result[f"eval/{name}"])
   assert result["eval/delta"] == pytest.approx(result["eval/acc_t2"] - result["eval/acc_t1"])
   step, state = _final_state(full)
@@ -69,3 +70,40 @@ def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
   _, resumed_state = _final_state(resumed)
   assert_trees_equal(state["params"], resumed_state["params"])
   assert_trees_equal(state["extra"], resumed_state["extra"])
+
+
+def test_one_command_trains_the_warm_start_then_score(tmp_path, capsys):
+  """configs/score_arithmetic.py's warm_start section runs first; SCoRe starts from its params,
+  evaluates them at step 0 and prints the before/after table."""
+  workdir = str(tmp_path)
+  config = _config(**{"train.num_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4})
+  assert config.warm_start.data.correction_demos > 0
+  assert config.warm_start.data.correction_instruction == config.score.correction_instruction
+  result = train_lib.train_with_warm_start(config, workdir)
+  warm_rows = read_metrics(os.path.join(workdir, "warm_start"))
+  assert warm_rows[-1]["step"] == config.warm_start.train.num_steps
+  assert os.path.exists(os.path.join(workdir, "warm_start", "params", "model_config.json"))
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows if "eval/acc_t1" in r] == [0, 4]
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert f'"init_from": "{os.path.join(workdir, "warm_start", "params")}"' in f.read()
+  # The reference policy (= the starting policy) is the warm start's exported model.
+  from selfimprove.models.orbax_params import load_orbax_params
+  _, _, warm_params = load_orbax_params(os.path.join(workdir, "warm_start", "params"))
+  _, state = _final_state(workdir)
+  assert_trees_equal(jax.tree.map(np.asarray, nnx_pure(warm_params)), state["extra"]["ref_params"])
+  table = capsys.readouterr().out
+  for name in EVAL_FIGURES[:5]:
+    assert re.search(rf"eval/{name} +-?[0-9.]+ +-?[0-9.]+ +[-+][0-9.]+", table), name
+  assert np.isfinite(result["eval/delta"])
+
+  # Relaunching a finished run trains neither stage again.
+  mtime = os.path.getmtime(os.path.join(workdir, "warm_start", "metrics.jsonl"))
+  train_lib.train_with_warm_start(config, workdir)
+  assert os.path.getmtime(os.path.join(workdir, "warm_start", "metrics.jsonl")) == mtime
+  assert [r["step"] for r in read_metrics(workdir) if "eval/acc_t1" in r] == [0, 4]
+
+
+def nnx_pure(state):
+  from flax import nnx
+  return nnx.to_pure_dict(state)

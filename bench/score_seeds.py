@@ -1,0 +1,97 @@
+"""SCoRe vs its two baselines over seeds: runs (or resumes) every run, then prints the table.
+
+    python bench/score_seeds.py --workdir=/tmp/score_seeds --seeds=0,1,2
+
+For each seed s: the one-command SCoRe run in DIR/seed{s}/score (which first
+trains the config's `warm_start` section with seed s in DIR/seed{s}/score/warm_start),
+then each baseline from those same warm-start parameters (`--config.init_from`):
+DIR/seed{s}/{multiturn_rl_baseline, star_baseline} (`--config.score.mode`). Every run is `launch/train.py` with the flags printed
+before it starts, so each can be repeated by hand; finished runs are skipped, and
+an interrupted one resumes. The table reads each run's step-0 eval (the warm
+start) and final eval from its metrics.jsonl: mean +- sample std over seeds,
+then every seed's value. It is printed and written to DIR/table.md and DIR/table.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODES = ("score", "multiturn_rl_baseline", "star_baseline")
+FIGURES = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "changed")
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of all runs.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed of both stages).")
+_CONFIG = flags.DEFINE_string("config", "configs/score_arithmetic.py:tiny", "Config[:preset].")
+_EXTRA = flags.DEFINE_multi_string("override", [], "Extra --config.x=y flags for every SCoRe run.")
+flags.mark_flag_as_required("workdir")
+
+
+def _train(workdir: str, *overrides: str) -> None:
+  command = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
+             f"--config={_CONFIG.value}", f"--workdir={workdir}", *overrides]
+  print("+", " ".join(command[1:]), flush=True)
+  subprocess.run(command, check=True, cwd=ROOT)
+
+
+def _finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, "params", "model_config.json"))
+
+
+def _eval_rows(workdir: str) -> tuple[dict, dict]:
+  """(step-0 eval row, last eval row) of a finished run."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  evals = [r for r in rows if "eval/acc_t1" in r]
+  if not evals or evals[0]["step"] != 0:
+    raise ValueError(f"{workdir}/metrics.jsonl has no step-0 eval (train.eval_at_start).")
+  return evals[0], evals[-1]
+
+
+def _cell(values: list[float]) -> str:
+  values = np.asarray(values) * 100
+  spread = f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else ""
+  return f"{values.mean():.1f}{spread} ({', '.join(f'{v:.1f}' for v in values)})"
+
+
+def main(argv):
+  del argv
+  seeds = [int(s) for s in _SEEDS.value]
+  results: dict[str, dict[int, dict]] = {"warm start": {}, **{mode: {} for mode in MODES}}
+  for seed in seeds:
+    seed_dir = os.path.join(_WORKDIR.value, f"seed{seed}")
+    # SCoRe first: the one-command demo, which trains the warm start in score/warm_start.
+    warm = os.path.join(seed_dir, "score", "warm_start", "params")
+    for mode in MODES:
+      run = os.path.join(seed_dir, mode)
+      if not _finished(run):
+        start = ([f"--config.warm_start.seed={seed}"] if mode == "score" else
+                 [f"--config.init_from={warm}"])
+        _train(run, f"--config.seed={seed}", *start, f"--config.score.mode={mode}", *_EXTRA.value)
+      before, after = _eval_rows(run)
+      results["warm start"][seed] = before
+      results[mode][seed] = after
+
+  header = "| method | " + " | ".join(f"{f} (%)" for f in FIGURES) + " |"
+  lines = [header, "|" + "---|" * (len(FIGURES) + 1)]
+  for method, by_seed in results.items():
+    cells = [_cell([by_seed[s][f"eval/{f}"] for s in seeds]) for f in FIGURES]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  table = "\n".join(lines)
+  print(table)
+  with open(os.path.join(_WORKDIR.value, "table.md"), "w") as f:
+    f.write(table + "\n")
+  with open(os.path.join(_WORKDIR.value, "table.json"), "w") as f:
+    json.dump({m: {str(s): r for s, r in v.items()} for m, v in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
