@@ -8,7 +8,9 @@ then each baseline from those same warm-start parameters (`--config.init_from`):
 DIR/seed{s}/{multiturn_rl_baseline, star_baseline} (`--config.score.mode`). Every run is `launch/train.py` with the flags printed
 before it starts, so each can be repeated by hand; finished runs are skipped, and
 an interrupted one resumes. The table reads each run's step-0 eval (the warm
-start) and final eval from its metrics.jsonl: mean +- sample std over seeds,
+start) and final eval from its metrics.jsonl (greedy attempts, as logged during
+training) and adds the same figures with both attempts sampled at
+--sampled_temperature (one fixed key per seed): mean +- sample std over seeds,
 then every seed's value. It is printed and written to DIR/table.md and DIR/table.json.
 """
 
@@ -20,7 +22,7 @@ import subprocess
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -32,6 +34,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of all runs.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed of both stages).")
 _CONFIG = flags.DEFINE_string("config", "configs/score_arithmetic.py:tiny", "Config[:preset].")
 _EXTRA = flags.DEFINE_multi_string("override", [], "Extra --config.x=y flags for every SCoRe run.")
+_SAMPLED_TEMPERATURE = flags.DEFINE_float(
+    "sampled_temperature", 1.0, "Also evaluate every final model with both attempts sampled at "
+    "this temperature (0 = skip); the paper reports greedy and sampled figures.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -56,6 +61,34 @@ def _eval_rows(workdir: str) -> tuple[dict, dict]:
   return evals[0], evals[-1]
 
 
+def _sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
+  """The held-out figures of a finished run's final model with both attempts sampled."""
+  import jax
+  import optax
+  from flax import nnx
+
+  from configs.score_arithmetic import get_config
+  from selfimprove import data as data_lib
+  from selfimprove import sharding
+  from selfimprove.models.orbax_params import load_orbax_params
+  from selfimprove.run_setup import build_pipeline, build_task, load_records
+  from selfimprove.train import evaluate
+
+  config = get_config(_CONFIG.value.partition(":")[2] or "tiny").unlock()
+  config.score.update(dict(mode=mode, eval_greedy=False,
+                           eval_temperature=_SAMPLED_TEMPERATURE.value))
+  mesh = sharding.make_mesh(-1, 1, 1)
+  model_config, graphdef, params = load_orbax_params(os.path.join(run, "params"), mesh)
+  task = build_task(config, model_config)
+  pipeline = build_pipeline(config, graphdef, optax.identity(), task)
+  _, records = load_records(config, task)
+  batches = data_lib.eval_batches(records, task.encode, config.eval.batch_size)
+  with jax.set_mesh(mesh):
+    return evaluate(jax.jit(pipeline.evaluate), nnx.to_pure_dict(params), batches, mesh,
+                    model_config.sharding_rules, jax.random.key(1000 + seed),
+                    pipeline.eval_metric_names)
+
+
 def _cell(values: list[float]) -> str:
   values = np.asarray(values) * 100
   spread = f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else ""
@@ -64,8 +97,12 @@ def _cell(values: list[float]) -> str:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in _SEEDS.value]
-  results: dict[str, dict[int, dict]] = {"warm start": {}, **{mode: {} for mode in MODES}}
+  methods = ("warm start",) + MODES
+  if _SAMPLED_TEMPERATURE.value > 0:
+    methods += tuple(f"{method}, sampled" for method in methods)
+  results: dict[str, dict[int, dict]] = {method: {} for method in methods}
   for seed in seeds:
     seed_dir = os.path.join(_WORKDIR.value, f"seed{seed}")
     # SCoRe first: the one-command demo, which trains the warm start in score/warm_start.
@@ -79,6 +116,10 @@ def main(argv):
       before, after = _eval_rows(run)
       results["warm start"][seed] = before
       results[mode][seed] = after
+      if _SAMPLED_TEMPERATURE.value > 0:
+        results[f"{mode}, sampled"][seed] = _sampled_eval(run, seed, mode)
+        if mode == "score":
+          results["warm start, sampled"][seed] = _sampled_eval(os.path.dirname(warm), seed, mode)
 
   header = "| method | " + " | ".join(f"{f} (%)" for f in FIGURES) + " |"
   lines = [header, "|" + "---|" * (len(FIGURES) + 1)]

@@ -107,3 +107,11 @@ def test_one_command_trains_the_warm_start_then_score(tmp_path, capsys):
 def nnx_pure(state):
   from flax import nnx
   return nnx.to_pure_dict(state)
+
+
+def test_warm_start_on_another_task_is_refused(tmp_path):
+  from selfimprove.config_checks import ConfigError
+  config = _config(**{"task.split_seed": 1})
+  with pytest.raises(ConfigError, match=r"config.warm_start.task .* differs from config.task"):
+    train_lib.train_with_warm_start(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, "warm_start"))
