@@ -7,7 +7,7 @@ trains first in DIR/warm_start, with some rows as two-turn correction demos so
 the model knows the format (selfimprove/correction_demos.py); SCoRe then starts
 from its parameters (`init_from`). It prints a before/after table of the eval
 figures (eval/acc_t1, eval/acc_t2, eval/delta, eval/delta_i2c, eval/delta_c2i)
-and saves their curves in DIR/curves.png. Relaunching resumes either stage.
+and saves their curves in DIR/eval_curves.png. Relaunching resumes either stage.
 
 Baselines are switches of the same pipeline: `--config.score.mode=multiturn_rl_baseline`
 (no Stage I, alpha = 0) and `--config.score.mode=star_baseline` (SFT on the model's own

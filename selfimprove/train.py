@@ -316,6 +316,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     plot_path = metrics_lib.plot_metrics(workdir)
     print(metrics_lib.summarize(workdir))
     print(f"curves: {plot_path}")
+    if last_eval:
+      # The pipeline's eval figures alone, e.g. SCoRe's Acc@t1, Acc@t2 and deltas over training.
+      eval_plot = metrics_lib.plot_metrics(workdir, keys=list(last_eval), filename="eval_curves.png")
+      print(f"eval curves: {eval_plot}")
   return {"step": step, **last_eval}
 
 

@@ -92,6 +92,7 @@ def test_one_command_trains_the_warm_start_then_score(tmp_path, capsys):
   _, _, warm_params = load_orbax_params(os.path.join(workdir, "warm_start", "params"))
   _, state = _final_state(workdir)
   assert_trees_equal(jax.tree.map(np.asarray, nnx_pure(warm_params)), state["extra"]["ref_params"])
+  assert os.path.getsize(os.path.join(workdir, "eval_curves.png")) > 1000
   table = capsys.readouterr().out
   for name in EVAL_FIGURES[:5]:
     assert re.search(rf"eval/{name} +-?[0-9.]+ +-?[0-9.]+ +[-+][0-9.]+", table), name
