@@ -51,14 +51,14 @@ def _finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "params", "model_config.json"))
 
 
-def _eval_rows(workdir: str) -> tuple[dict, dict]:
-  """(step-0 eval row, last eval row) of a finished run."""
+def _eval_rows(workdir: str) -> list[dict]:
+  """Every eval row of a finished run, from step 0 (the starting model) to the last."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   evals = [r for r in rows if "eval/acc_t1" in r]
   if not evals or evals[0]["step"] != 0:
     raise ValueError(f"{workdir}/metrics.jsonl has no step-0 eval (train.eval_at_start).")
-  return evals[0], evals[-1]
+  return evals
 
 
 def _sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
@@ -103,6 +103,7 @@ def main(argv):
   if _SAMPLED_TEMPERATURE.value > 0:
     methods += tuple(f"{method}, sampled" for method in methods)
   results: dict[str, dict[int, dict]] = {method: {} for method in methods}
+  trajectories: dict[str, dict[int, dict[int, float]]] = {}
   for seed in seeds:
     seed_dir = os.path.join(_WORKDIR.value, f"seed{seed}")
     # SCoRe first: the one-command demo, which trains the warm start in score/warm_start.
@@ -113,9 +114,9 @@ def main(argv):
         start = ([f"--config.warm_start.seed={seed}"] if mode == "score" else
                  [f"--config.init_from={warm}"])
         _train(run, f"--config.seed={seed}", *start, f"--config.score.mode={mode}", *_EXTRA.value)
-      before, after = _eval_rows(run)
-      results["warm start"][seed] = before
-      results[mode][seed] = after
+      evals = _eval_rows(run)
+      results["warm start"][seed], results[mode][seed] = evals[0], evals[-1]
+      trajectories.setdefault(mode, {})[seed] = {r["step"]: r["eval/delta"] for r in evals}
       if _SAMPLED_TEMPERATURE.value > 0:
         results[f"{mode}, sampled"][seed] = _sampled_eval(run, seed, mode)
         if mode == "score":
@@ -126,6 +127,13 @@ def main(argv):
   for method, by_seed in results.items():
     cells = [_cell([by_seed[s][f"eval/{f}"] for s in seeds]) for f in FIGURES]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  # Greedy delta at every eval step (SCoRe's Stage I ends at config.score.stage1_steps).
+  steps = sorted(trajectories["score"][seeds[0]])
+  lines += ["", "| eval/delta (%) at step | " + " | ".join(map(str, steps)) + " |",
+            "|" + "---|" * (len(steps) + 1)]
+  for mode, by_seed in trajectories.items():
+    lines.append(f"| {mode} | " + " | ".join(_cell([by_seed[s][step] for s in seeds])
+                                            for step in steps) + " |")
   table = "\n".join(lines)
   print(table)
   with open(os.path.join(_WORKDIR.value, "table.md"), "w") as f:
