@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 
 from selfimprove import data as data_lib
+from selfimprove.config_checks import ConfigError
 from selfimprove.correction_demos import CorrectionDemoConfig, CorrectionDemoEncoder
 from selfimprove.models import TransformerConfig
 from selfimprove.models.orbax_params import read_orbax_metadata
@@ -82,9 +83,13 @@ def train_encoder(config: ml_collections.ConfigDict, task: ArithmeticTask
   fraction = config.data.get("correction_demos", 0.0)
   if not fraction:
     return task.encode
-  demos = CorrectionDemoConfig(
-      fraction=fraction, wrong_draft_fraction=config.data.wrong_draft_fraction,
-      instruction=config.data.correction_instruction, seed=config.seed)
+  try:
+    demos = CorrectionDemoConfig(
+        fraction=fraction, wrong_draft_fraction=config.data.wrong_draft_fraction,
+        instruction=config.data.correction_instruction, seed=config.seed)
+  except ValueError as error:
+    raise ConfigError(f"config.data (correction_demos, wrong_draft_fraction, "
+                      f"correction_instruction): {error}") from None
   return CorrectionDemoEncoder(task, demos)
 
 

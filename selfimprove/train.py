@@ -199,7 +199,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                               async_save=config.train.async_checkpoints)
   start_step = checkpointer.latest_step()
-  if start_step is not None:
+  resumed = start_step is not None
+  if resumed:
     # Logged as a warning so it shows at the launcher's default (quiet) verbosity.
     logging.warning("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
     state, data_state = checkpointer.restore(start_step, abstract_like(abstract_state, state_shardings))
@@ -238,9 +239,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   eval_fn = jax.jit(pipeline.evaluate, out_shardings=replicated)
   eval_rng = jax.random.key(config.seed + 1)
 
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
+  # A fresh start (-1) clears every record an earlier, uncheckpointed attempt left, step 0 included.
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step if resumed else -1)
   last_eval: dict[str, float] = {}
-  if start_step == 0 and config.train.get("eval_at_start", False):
+  if not resumed and config.train.get("eval_at_start", False):
     # The starting model's figures (step 0), e.g. the warm start before SCoRe.
     with jax.set_mesh(mesh):
       last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
@@ -338,6 +340,13 @@ def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> di
         f"config.warm_start.task ({config.warm_start.task.to_dict()}) differs from config.task "
         f"({config.task.to_dict()}): the warm start must train on the same task and held-out split; "
         f"override both (e.g. --config.task.split_seed=1 --config.warm_start.task.split_seed=1).")
+  demo_instruction = config.warm_start.data.get("correction_instruction", "")
+  if (config.warm_start.data.get("correction_demos", 0.0) and "score" in config and
+      demo_instruction != config.score.correction_instruction):
+    raise ConfigError(
+        f"config.warm_start.data.correction_instruction={demo_instruction!r} differs from "
+        f"config.score.correction_instruction={config.score.correction_instruction!r}: the warm "
+        f"start's two-turn demos must use the instruction SCoRe appends.")
   warm_dir = os.path.join(workdir, "warm_start")
   warm_params = os.path.join(warm_dir, "params")
   if not os.path.exists(os.path.join(warm_params, "model_config.json")):

@@ -139,3 +139,24 @@ def test_lora_trains_only_the_adapters(tmp_path):
   base = {k: v for k, v in changed.items() if "_lora_" not in k}
   assert adapters and any(adapters.values())   # B starts at zero and moves
   assert base and not any(base.values()), [k for k, v in base.items() if v]
+
+
+def test_eval_at_start_logs_step_0_once_even_after_a_restart_before_any_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  config = make_test_config(**{"train.eval_at_start": True, "train.num_steps": 2,
+                               "train.eval_every": 2, "train.checkpoint_every": 2})
+  train_lib.train(config, workdir)
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2]
+  # An attempt killed before its first checkpoint leaves metrics but no checkpoint: the
+  # relaunch starts afresh and must not log a second step-0 (or any stale) row.
+  import shutil
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  train_lib.train(config, workdir)
+  assert [r["step"] for r in read_metrics(workdir) if "eval/accuracy" in r] == [0, 2]
+
+
+def test_correction_demo_settings_are_checked_by_field(tmp_path):
+  config = make_test_config(**{"data.correction_demos": 0.5, "data.correction_instruction": ""})
+  with pytest.raises(ConfigError, match=r"config.data .*instruction must be non-empty"):
+    train_lib.train(config, str(tmp_path))

@@ -116,3 +116,11 @@ def test_warm_start_on_another_task_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=r"config.warm_start.task .* differs from config.task"):
     train_lib.train_with_warm_start(config, str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, "warm_start"))
+
+
+def test_warm_start_demos_must_use_the_score_instruction(tmp_path):
+  from selfimprove.config_checks import ConfigError
+  config = _config().unlock()
+  config.warm_start.data.correction_instruction = "+"
+  with pytest.raises(ConfigError, match=r"correction_instruction='\+' differs"):
+    train_lib.train_with_warm_start(config, str(tmp_path))
