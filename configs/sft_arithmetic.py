@@ -49,7 +49,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       schedule_steps=-1))
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, global_batch_size=64, steps_per_call=10, log_every=50, eval_every=250,
-      checkpoint_every=250, eval_at_start=False, keep_checkpoints=2, async_checkpoints=True, max_consecutive_skips=5))
+      checkpoint_every=250, eval_at_start=False, keep_checkpoints=2, async_checkpoints=True, max_consecutive_skips=5,
+      # Stop before num_steps once this training metric's mean over one call's steps is
+      # >= stop_threshold (e.g. "train/exact_match"); "" trains all num_steps.
+      stop_metric="", stop_threshold=1.0))
   config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_examples=-1))
 
   if arg == "test":

@@ -31,6 +31,18 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) 
   return -masked_mean(logp, loss_mask[:, 1:])
 
 
+def teacher_forced_exact_match(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array
+                               ) -> jax.Array:
+  """[batch] 1.0 where every target token (as in `next_token_loss`) is the argmax.
+
+  Equivalently: greedy decoding from the row's context would write exactly its
+  targets, so this is the training rows' greedy exact match at no sampling cost.
+  Rows without targets count as matched.
+  """
+  hit = jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]
+  return jnp.all(hit | ~loss_mask[:, 1:].astype(bool), axis=-1).astype(jnp.float32)
+
+
 # ---- Policy-gradient pieces (SCoRe and later RL pipelines) -------------------
 #
 # Conventions: `logp` and `ref_logp` are per-token log-probabilities [rows, len]

@@ -10,6 +10,7 @@ algorithm's loss: that is the pipeline's `step`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -147,6 +148,17 @@ def evaluate(eval_fn, params, batches, mesh, rules, rng, names) -> dict[str, flo
   return {f"eval/{name}": totals[name] / max(count, 1) for name in names}
 
 
+def _stop_rule_met(train_config: ml_collections.ConfigDict, call_metrics: dict, step: int) -> bool:
+  """config.train.stop_metric's mean over the steps of one call reached stop_threshold."""
+  name = train_config.get("stop_metric", "")
+  if not name:
+    return False
+  if name not in call_metrics:
+    raise ConfigError(f"config.train.stop_metric={name!r} is not a training metric of this "
+                      f"pipeline; it logs {sorted(k for k in call_metrics if k != 'perf/tokens')}.")
+  return bool(np.mean(call_metrics[name]) >= train_config.stop_threshold) and step > 0
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run described by `config` in `workdir`; returns the final metrics."""
   validate_config(config)
@@ -253,9 +265,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   pause_step = int(os.environ.get(_PAUSE_ENV, "-1"))
   step = start_step
   warned_recompile = False  # warn once per run
+  # A run that met its stop rule is finished: relaunching it only re-exports and summarises.
+  stop_marker = os.path.join(workdir, "stopped_early.json")
+  stopped_early = resumed and os.path.exists(stop_marker)
+  if not resumed and os.path.exists(stop_marker) and jax.process_index() == 0:
+    os.remove(stop_marker)   # left by an earlier attempt at this workdir
   interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
   with jax.set_mesh(mesh), _Preemption() as preemption:
-    while step < num_steps:
+    while step < num_steps and not stopped_early:
       batches = _stack_batches([next(iterator) for _ in range(steps_per_call)])
       state, call_metrics = compiled_steps(state, _device_batch(batches, mesh, rules, 1))
       step += steps_per_call
@@ -272,8 +289,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             f"{config.train.max_consecutive_skips}). The last checkpoint "
             f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is intact.")
 
+      stopped_early = stopped_early or _stop_rule_met(config.train, call_metrics, step)
+      final = step == num_steps or stopped_early
       row: dict[str, float] = {}
-      if step % config.train.log_every == 0 or step == num_steps:
+      if step % config.train.log_every == 0 or final:
         elapsed = time.perf_counter() - interval_start
         for i in range(steps_per_call):
           s = step - steps_per_call + i + 1
@@ -283,7 +302,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
           row["train/learning_rate"] = float(schedule(max(s - 1, 0) // optimizer_config.grad_accum_steps))
           row["perf/steps_per_sec"] = interval_steps / elapsed
           row["perf/tokens_per_sec"] = interval_tokens / elapsed
-          if s == step and (step % config.train.eval_every == 0 or step == num_steps):
+          if s == step and (step % config.train.eval_every == 0 or final):
             last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
                                  pipeline.eval_metric_names)
             row.update(last_eval)
@@ -297,7 +316,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       progress.update(step, {k: float(v[-1]) for k, v in call_metrics.items()} | last_eval)
 
       preempted = preemption.any_process_requested()
-      if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
+      if step % config.train.checkpoint_every == 0 or final or preempted:
         checkpointer.save(step, state, {"iterator": iterator.get_state()})
         if step == pause_step:
           checkpointer.wait()
@@ -307,10 +326,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       if preempted:
         logging.warning("Preempted: checkpoint at step %d saved; exiting.", step)
         break
+      if stopped_early:
+        checkpointer.wait()
+        if jax.process_index() == 0:
+          with open(stop_marker, "w") as f:
+            json.dump({"step": step, "metric": config.train.stop_metric,
+                       "threshold": config.train.stop_threshold}, f)
+        logging.warning("Stopping at step %d of %d: %s reached %s (config.train.stop_metric).",
+                        step, num_steps, config.train.stop_metric, config.train.stop_threshold)
+        break
   checkpointer.close()
   progress.close()
   writer.close()
-  if step >= num_steps:
+  if step >= num_steps or stopped_early:
     # The trained model, in the format `init_from` and launch/convert.py read.
     save_orbax_params(os.path.join(workdir, "params"), model_config,
                       nnx.state(nnx.merge(graphdef, state.params)))

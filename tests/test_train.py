@@ -160,3 +160,24 @@ def test_correction_demo_settings_are_checked_by_field(tmp_path):
   config = make_test_config(**{"data.correction_demos": 0.5, "data.correction_instruction": ""})
   with pytest.raises(ConfigError, match=r"config.data .*instruction must be non-empty"):
     train_lib.train(config, str(tmp_path))
+
+
+def test_stop_rule_ends_the_run_early_and_a_relaunch_does_not_train_on(tmp_path):
+  workdir = str(tmp_path)
+  # Exact match >= 0 holds after the first call (2 steps) of the 8-step test run.
+  config = make_test_config(**{"train.stop_metric": "train/exact_match", "train.stop_threshold": 0.0,
+                               "train.checkpoint_every": 8, "train.eval_every": 8})
+  result = train_lib.train(config, workdir)
+  assert result["step"] == 2 and "eval/accuracy" in result   # stopped with its final evaluation
+  assert final_params(workdir)[0] == 2
+  assert os.path.isdir(os.path.join(workdir, "params"))
+  rows = read_metrics(workdir)
+  assert rows[-1]["step"] == 2 and "eval/accuracy" in rows[-1]
+  train_lib.train(config, workdir)     # finished: no more steps, nothing logged twice
+  assert final_params(workdir)[0] == 2 and read_metrics(workdir) == rows
+
+
+def test_stop_rule_on_a_metric_the_pipeline_does_not_log_names_the_field(tmp_path):
+  config = make_test_config(**{"train.stop_metric": "train/accuracy", "train.stop_threshold": 0.5})
+  with pytest.raises(ConfigError, match=r"config.train.stop_metric='train/accuracy'.*train/exact_match"):
+    train_lib.train(config, str(tmp_path))

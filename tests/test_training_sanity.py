@@ -51,3 +51,13 @@ def test_adamw_steps_lower_the_loss_and_every_parameter_gets_gradient(small_conf
       assert not zero, f"parameters with all-zero gradients: {zero}"
     losses.append(float(loss))
   assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_teacher_forced_exact_match_is_greedy_exact_match_on_the_targets():
+  from selfimprove.objectives import teacher_forced_exact_match
+  # Row 0: argmax at positions 0,1 predicts tokens 1,2 -> matched. Row 1: position 1 predicts 0,
+  # target 2 -> not matched. Row 2: the miss is at a non-target position -> matched.
+  tokens = jnp.array([[3, 1, 2], [3, 1, 2], [3, 0, 2]])
+  logits = jax.nn.one_hot(jnp.array([[1, 2, 0], [1, 0, 0], [1, 2, 0]]), 4)
+  mask = jnp.array([[False, True, True], [False, True, True], [False, False, True]])
+  np.testing.assert_array_equal(teacher_forced_exact_match(logits, tokens, mask), [1.0, 0.0, 1.0])

@@ -1,7 +1,8 @@
 """Supervised fine-tuning on (prompt, answer) pairs; eval = exact match of greedy answers.
 
 The loss is next-token cross-entropy on the answer tokens only (the prompt is
-context). Evaluation samples greedily from the prompt and scores the completion
+context); train/exact_match is the share of the batch's rows whose answer greedy
+decoding would reproduce (every answer token is the argmax under teacher forcing). Evaluation samples greedily from the prompt and scores the completion
 with the task's in-graph verifier.
 """
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from selfimprove.objectives import next_token_loss
+from selfimprove.objectives import next_token_loss, teacher_forced_exact_match
 from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState
 
@@ -43,12 +44,13 @@ class SFT:
 
     def loss_fn(params):
       logits, _ = nnx.merge(self.graphdef, params)(tokens, mask)
-      return next_token_loss(logits, tokens, loss_mask)
+      exact = teacher_forced_exact_match(jax.lax.stop_gradient(logits), tokens, loss_mask)
+      return next_token_loss(logits, tokens, loss_mask), jnp.mean(exact)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, exact_match), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
+    metrics = {"train/loss": loss, "train/exact_match": exact_match, "train/grad_norm": optax.tree.norm(grads),
                "perf/tokens": jnp.sum(mask)}
     return state._replace(params=params, opt_state=opt_state), metrics
 
