@@ -148,7 +148,7 @@ def evaluate(eval_fn, params, batches, mesh, rules, rng, names) -> dict[str, flo
   return {f"eval/{name}": totals[name] / max(count, 1) for name in names}
 
 
-def _stop_rule_met(train_config: ml_collections.ConfigDict, call_metrics: dict, step: int) -> bool:
+def _stop_rule_met(train_config: ml_collections.ConfigDict, call_metrics: dict) -> bool:
   """config.train.stop_metric's mean over the steps of one call reached stop_threshold."""
   name = train_config.get("stop_metric", "")
   if not name:
@@ -156,7 +156,7 @@ def _stop_rule_met(train_config: ml_collections.ConfigDict, call_metrics: dict, 
   if name not in call_metrics:
     raise ConfigError(f"config.train.stop_metric={name!r} is not a training metric of this "
                       f"pipeline; it logs {sorted(k for k in call_metrics if k != 'perf/tokens')}.")
-  return bool(np.mean(call_metrics[name]) >= train_config.stop_threshold) and step > 0
+  return bool(np.mean(call_metrics[name]) >= train_config.stop_threshold)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -289,7 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             f"{config.train.max_consecutive_skips}). The last checkpoint "
             f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is intact.")
 
-      stopped_early = stopped_early or _stop_rule_met(config.train, call_metrics, step)
+      stopped_early = stopped_early or _stop_rule_met(config.train, call_metrics)
       final = step == num_steps or stopped_early
       row: dict[str, float] = {}
       if step % config.train.log_every == 0 or final:

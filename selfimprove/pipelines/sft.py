@@ -2,8 +2,9 @@
 
 The loss is next-token cross-entropy on the answer tokens only (the prompt is
 context); train/exact_match is the share of the batch's rows whose answer greedy
-decoding would reproduce (every answer token is the argmax under teacher forcing). Evaluation samples greedily from the prompt and scores the completion
-with the task's in-graph verifier.
+decoding would reproduce (every answer token is the argmax under teacher forcing).
+Evaluation samples greedily from the prompt and scores the completion with the
+task's in-graph verifier.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class SFT:
     (loss, exact_match), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"train/loss": loss, "train/exact_match": exact_match, "train/grad_norm": optax.tree.norm(grads),
-               "perf/tokens": jnp.sum(mask)}
+    metrics = {"train/loss": loss, "train/exact_match": exact_match,
+               "train/grad_norm": optax.tree.norm(grads), "perf/tokens": jnp.sum(mask)}
     return state._replace(params=params, opt_state=opt_state), metrics
 
   def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
