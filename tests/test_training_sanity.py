@@ -7,7 +7,8 @@ import optax
 from flax import nnx
 
 from selfimprove.models import init_model
-from selfimprove.objectives import masked_mean, next_token_loss, token_logprobs
+from selfimprove.objectives import (masked_mean, next_token_loss, teacher_forced_exact_match,
+                                    token_logprobs)
 
 
 def test_token_logprobs_and_next_token_loss_match_hand_computation():
@@ -54,7 +55,6 @@ def test_adamw_steps_lower_the_loss_and_every_parameter_gets_gradient(small_conf
 
 
 def test_teacher_forced_exact_match_is_greedy_exact_match_on_the_targets():
-  from selfimprove.objectives import teacher_forced_exact_match
   # Row 0: argmax at positions 0,1 predicts tokens 1,2 -> matched. Row 1: position 1 predicts 0,
   # target 2 -> not matched. Row 2: the miss is at a non-target position -> matched.
   tokens = jnp.array([[3, 1, 2], [3, 1, 2], [3, 0, 2]])
