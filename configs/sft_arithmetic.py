@@ -29,9 +29,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict(dict(
       name="arithmetic", min_digits=2, max_digits=2, operations="+",
       eval_fraction=0.1, split_seed=0))
+  # The run's tokenizer (selfimprove/run_tokenizer.py). "auto": the one saved with init_from,
+  # else one id per character of the task's alphabet (here "0123456789+-*=", 17 ids with
+  # pad/bos/eos). "hf" with path= a Hugging Face folder; chat_template wraps each prompt.
+  config.tokenizer = ml_collections.ConfigDict(dict(
+      kind="auto", alphabet="", path="", chat_template=False, system_prompt=""))
   config.data = ml_collections.ConfigDict(dict(
-      source="task",            # "task": the task's own train/eval splits; "jsonl": files below
-      train_path="", eval_path="", prompt_field="prompt", answer_field="answer",
+      # Static batch lengths in tokens (prompt with <bos>; answer with <eos>): 0 = the longest in
+      # the data (every example is encoded once at start, and one that does not fit is named).
+      max_prompt_len=0, max_answer_len=0,
       shuffle=True,
       # Warm start for SCoRe: this share of training rows becomes two-turn demos
       # [x, draft, instruction] -> answer (selfimprove/correction_demos.py); 0 = plain SFT.

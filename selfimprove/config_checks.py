@@ -12,6 +12,10 @@ class ConfigError(ValueError):
   """A run config that cannot work; the message names the field and what is expected."""
 
 
+class DataError(ConfigError):
+  """Data that cannot be used; the message names the file and line (or split and index)."""
+
+
 def _data_parallel_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
   mesh = config.mesh
   sizes = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
@@ -37,12 +41,15 @@ def _data_parallel_size(config: ml_collections.ConfigDict, num_devices: int) -> 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for contradictory or impossible settings."""
-  from selfimprove.run_setup import PIPELINES, TASKS
+  from selfimprove.pipelines import pipeline_names   # the registries; importing them is heavy
+  from selfimprove.tasks import task_names
 
-  if config.pipeline not in PIPELINES:
-    raise ConfigError(f"config.pipeline={config.pipeline!r}: expected one of {sorted(PIPELINES)}.")
-  if config.task.name not in TASKS:
-    raise ConfigError(f"config.task.name={config.task.name!r}: expected one of {sorted(TASKS)}.")
+  if config.pipeline not in pipeline_names():
+    raise ConfigError(f"config.pipeline={config.pipeline!r}: expected one of {pipeline_names()} "
+                      f"(register your own with selfimprove.pipelines.register_pipeline).")
+  if config.task.name not in task_names():
+    raise ConfigError(f"config.task.name={config.task.name!r}: expected one of {task_names()} "
+                      f"(register your own with selfimprove.tasks.register_task).")
   train = config.train
   for field in ("num_steps", "global_batch_size", "steps_per_call", "log_every", "eval_every",
                 "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
@@ -73,11 +80,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config.init_from={config.init_from!r}: not a saved model (no model_config.json); "
         f"expected a finished run's DIR/params or launch/convert.py output.")
-  if config.data.source not in ("task", "jsonl"):
-    raise ConfigError(f"config.data.source={config.data.source!r}: expected 'task' or 'jsonl'.")
-  if config.data.source == "jsonl":
-    for field in ("train_path", "eval_path"):
-      path = getattr(config.data, field)
-      if not path or not os.path.exists(path):
-        raise ConfigError(f"config.data.{field}={path!r}: file not found (needed when "
-                          f"config.data.source='jsonl').")
+  for field in ("max_prompt_len", "max_answer_len"):
+    if config.data[field] < 0:
+      raise ConfigError(f"config.data.{field}={config.data[field]}: expected >= 0 "
+                        f"(0 = the longest in the data).")

@@ -23,24 +23,31 @@ import jax
 import numpy as np
 
 
-def read_jsonl(path: str, fields: Mapping[str, str]) -> list[dict]:
+def read_jsonl(path: str, fields: Mapping[str, str], *, keep_all: bool = False) -> list[dict]:
   """Reads one JSON object per line, keeping `fields` under our names.
 
   Args:
     path: a local JSONL file.
     fields: our name -> the file's field name, e.g. {"prompt": "question",
       "answer": "solution"}.
+    keep_all: also keep the line's other fields, and "source": "path:line"
+      (for error messages and users' verifiers).
 
   Returns:
     [{our_name: value, ...}, ...] in file order. Blank lines are skipped.
 
   Raises:
-    ValueError: "{path}:{line}: ..." for a line that is not valid JSON, not an
-      object, or lacks a field (line numbers are 1-based).
+    ValueError: "{path}:{line}: ..." for a line that is not UTF-8, not valid
+      JSON, not an object, or lacks a field (line numbers are 1-based).
   """
   records = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for line_number, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{line_number}: not UTF-8 text (byte {raw[e.start]:#04x} at "
+                         f"column {e.start + 1}).") from None
       if not line.strip():
         continue
       try:
@@ -51,7 +58,7 @@ def read_jsonl(path: str, fields: Mapping[str, str]) -> list[dict]:
       if not isinstance(obj, dict):
         raise ValueError(f"{path}:{line_number}: expected a JSON object, got "
                          f"{type(obj).__name__}: {line.strip()[:80]!r}")
-      record = {}
+      record = dict(obj, source=f"{path}:{line_number}") if keep_all else {}
       for ours, theirs in fields.items():
         if theirs not in obj:
           raise ValueError(

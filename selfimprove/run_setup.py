@@ -1,32 +1,31 @@
-"""Turns a run's ConfigDict into typed objects: model config, task, pipeline, records.
+"""Turns a run's ConfigDict into typed objects: model config, tokenizer, task, data, verifier, pipeline.
 
-The ConfigDict stops here: everything built below takes dataclasses or explicit
-keyword arguments.
+The ConfigDict stops here: everything built below takes dataclasses, plain dicts
+of one section's settings, or explicit keyword arguments. Tasks and pipelines are
+looked up by name in their registries (selfimprove/tasks/__init__.py,
+selfimprove/pipelines/__init__.py); nothing here names one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
-from selfimprove import data as data_lib
-from selfimprove.config_checks import ConfigError
-from selfimprove.correction_demos import CorrectionDemoConfig, CorrectionDemoEncoder
+from selfimprove import encoding
+from selfimprove import pipelines as pipeline_registry
+from selfimprove import tasks as task_registry
+from selfimprove.config_checks import ConfigError, DataError
 from selfimprove.models import TransformerConfig
 from selfimprove.models.orbax_params import read_orbax_metadata
-from selfimprove.pipelines.base import Pipeline
-from selfimprove.pipelines.score import SCoRe, SCoReConfig
-from selfimprove.pipelines.sft import SFT
-from selfimprove.sampling import SamplingConfig
-from selfimprove.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
-
-PIPELINES = ("sft", "score")
-TASKS = ("arithmetic",)
-
+from selfimprove.pipelines.base import Pipeline, RunPieces
+from selfimprove.run_tokenizer import TokenizerSpec, build_tokenizer, stop_token_ids
+from selfimprove.tasks.base import Task, check_examples, describe_example
+from selfimprove.tokenizers import Tokenizer
+from selfimprove.verifiers import HostVerifier, InGraphVerifier
 
 # Model fields a run may change when it starts from a saved model (`init_from`): how to compute,
 # not what the model is.
@@ -51,70 +50,130 @@ def build_model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
   return TransformerConfig(**config.model.to_dict(), sharding_rules=rules)
 
 
-def build_task(config: ml_collections.ConfigDict, model_config: TransformerConfig) -> ArithmeticTask:
+def build_task(config: ml_collections.ConfigDict) -> Task:
+  """The task named by config.task.name, built from config.task's other fields."""
+  entry = task_registry.get_task_entry(config.task.name)
   fields = {k: v for k, v in config.task.to_dict().items() if k != "name"}
-  task = ArithmeticTask(ArithmeticConfig(**fields))
-  if task.tokenizer.vocab_size > model_config.vocab_size:
-    raise ValueError(f"The model's vocab_size={model_config.vocab_size} is smaller than the "
-                     f"task tokenizer's vocabulary ({task.tokenizer.vocab_size}).")
-  return task
+  try:
+    return entry.build(entry.config_class(**fields))
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"config.task (name={config.task.name!r}): {error}") from None
+
+
+def build_run_tokenizer(config: ml_collections.ConfigDict, task: Task,
+                        model_config: TransformerConfig) -> tuple[Tokenizer, str]:
+  """The run's tokenizer (config.tokenizer), checked against the model and the task's alphabet."""
+  try:
+    spec = TokenizerSpec(**config.tokenizer.to_dict())
+    tokenizer, source = build_tokenizer(spec, task.alphabet, config.init_from)
+    encoding.check_alphabet(tokenizer, task.alphabet)
+  except ValueError as error:
+    raise ConfigError(f"config.tokenizer: {error}") from None
+  if tokenizer.vocab_size > model_config.vocab_size:
+    where = f"the model saved in config.init_from={config.init_from!r}" if config.init_from else (
+        "config.model.vocab_size")
+    raise ConfigError(f"config.tokenizer ({source}) has {tokenizer.vocab_size} ids but the model "
+                      f"has vocab_size={model_config.vocab_size} ({where}): the model cannot "
+                      f"read or write its ids. Use a matching tokenizer or a larger vocabulary.")
+  return tokenizer, source
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  """A run's examples and how they become batch rows (see selfimprove/encoding.py).
+
+  Train example i has record_id i; eval example j has record_id len(train) + j.
+  """
+
+  train: list[tuple[int, dict]]   # (record_id, example)
+  eval: list[tuple[int, dict]]
+  encoder: encoding.TextEncoder
+  prompt_len: int
+  answer_len: int
+  train_rows: Callable[[tuple[int, dict]], dict]   # may add correction demos
+  eval_rows: encoding.RowEncoder
+
+  @property
+  def records(self) -> list[dict]:
+    """Every example, indexed by record_id."""
+    return [example for _, example in self.train] + [example for _, example in self.eval]
+
+
+def build_data(config: ml_collections.ConfigDict, task: Task, tokenizer: Tokenizer) -> RunData:
+  """Reads the task's examples, measures and checks them, and builds the row encoders."""
+  name = config.task.name
+  try:
+    train = check_examples(task.examples("train"), "train", name)
+    evals = check_examples(task.examples("eval"), "eval", name)
+  except ValueError as error:
+    raise DataError(f"config.task (name={name!r}): {error}") from None
+  if config.eval.num_examples > 0:
+    evals = evals[:config.eval.num_examples]
+  spec = config.tokenizer
+  encoder = encoding.TextEncoder(tokenizer, encoding.PromptFormat(
+      chat_template=spec.chat_template, system_prompt=spec.system_prompt))
+  try:
+    prompt_len, answer_len = encoding.measure_lengths(
+        encoder, {"train": train, "eval": evals}, config.data.max_prompt_len,
+        config.data.max_answer_len)
+  except ValueError as error:
+    raise DataError(str(error)) from None
+  for split, examples in (("train", train), ("eval", evals)):
+    for index, example in enumerate(examples):
+      try:
+        task.example_arrays(example)
+      except ValueError as error:
+        raise DataError(f"{describe_example(example, index, split)}: {error}") from None
+  rows = encoding.RowEncoder(encoder, prompt_len, answer_len, task.example_arrays)
+  train_rows: Callable = rows
+  data_settings = config.data.to_dict()
+  for field, transform in pipeline_registry.row_transforms().items():
+    if data_settings.get(field):
+      try:
+        train_rows = transform(train_rows, data_settings, task, config.seed)
+      except ValueError as error:
+        raise ConfigError(f"config.data ({field} and the fields it reads): {error}") from None
+  return RunData(train=list(enumerate(train)),
+                 eval=[(len(train) + j, example) for j, example in enumerate(evals)],
+                 encoder=encoder, prompt_len=prompt_len, answer_len=answer_len,
+                 train_rows=train_rows, eval_rows=rows)
+
+
+def build_verifier(task: Task, tokenizer: Tokenizer, data: RunData) -> InGraphVerifier | HostVerifier:
+  """The task's in-graph verifier for this tokenizer if it has one, else its host function."""
+  in_graph = task.in_graph_verifier(tokenizer)
+  if in_graph is not None:
+    return InGraphVerifier(in_graph)
+  if task.host_verifier is None:
+    raise ConfigError(f"The task has no verifier for this tokenizer ({type(tokenizer).__name__}): "
+                      f"its in-graph verifier cannot read it and it has no host verifier.")
+  return HostVerifier(task.host_verifier, tokenizer, data.records, stop_token_ids(tokenizer))
 
 
 def build_pipeline(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                   optimizer: optax.GradientTransformation, task: Any) -> Pipeline:
-  if config.pipeline == "sft":
-    eval_sampling = SamplingConfig(
-        max_new_tokens=task.answer_len, greedy=True,
-        stop_token_ids=(task.tokenizer.eos_id,), pad_token_id=task.tokenizer.pad_id)
-    return SFT(graphdef=graphdef, optimizer=optimizer, task=task, eval_sampling=eval_sampling)
-  if config.pipeline == "score":
-    if "score" not in config:
-      raise ValueError("config.pipeline='score' needs a config.score section "
-                       "(see configs/score_arithmetic.py).")
-    score = SCoReConfig(**{"max_new_tokens": task.answer_len, **config.score.to_dict()})
-    return SCoRe(graphdef=graphdef, optimizer=optimizer, task=task, config=score)
-  raise ValueError(f"config.pipeline={config.pipeline!r}: expected one of {PIPELINES}.")
-
-
-def train_encoder(config: ml_collections.ConfigDict, task: ArithmeticTask
-                  ) -> Callable[[dict], dict[str, np.ndarray]]:
-  """Encodes a training record; with config.data.correction_demos > 0 some rows become
-  two-turn correction demos (see selfimprove/correction_demos.py)."""
-  fraction = config.data.get("correction_demos", 0.0)
-  if not fraction:
-    return task.encode
+                   optimizer: optax.GradientTransformation, data: RunData, verifier: Any
+                   ) -> Pipeline:
+  """The pipeline named by config.pipeline, built from the run's pieces and its config section."""
+  entry = pipeline_registry.get_pipeline_entry(config.pipeline)
+  pieces = RunPieces(graphdef=graphdef, optimizer=optimizer, encoder=data.encoder,
+                     verifier=verifier, prompt_len=data.prompt_len, answer_len=data.answer_len,
+                     stop_token_ids=stop_token_ids(data.encoder.tokenizer))
+  section = entry.section
+  settings = config[section].to_dict() if section and section in config else {}
   try:
-    demos = CorrectionDemoConfig(
-        fraction=fraction, wrong_draft_fraction=config.data.wrong_draft_fraction,
-        instruction=config.data.correction_instruction, seed=config.seed)
+    return entry.build(pieces, settings)
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"config.{section or 'pipeline'} (pipeline={config.pipeline!r}): "
+                      f"{error}") from None
+
+
+def check_warm_start(config: ml_collections.ConfigDict) -> None:
+  """The main pipeline's own check of its warm start's data (e.g. SCoRe's instruction)."""
+  entry = pipeline_registry.get_pipeline_entry(config.pipeline)
+  if entry.check_warm_start is None:
+    return
+  settings = config[entry.section].to_dict() if entry.section and entry.section in config else {}
+  try:
+    entry.check_warm_start(settings, config.warm_start.data.to_dict())
   except ValueError as error:
-    raise ConfigError(f"config.data (correction_demos, wrong_draft_fraction, "
-                      f"correction_instruction): {error}") from None
-  return CorrectionDemoEncoder(task, demos)
-
-
-def _with_targets(records: list[dict], path: str) -> list[dict]:
-  """Arithmetic records from a file: the integer target is parsed from the answer."""
-  out = []
-  for index, record in enumerate(records):
-    try:
-      target = int(str(record["answer"]).strip())
-    except ValueError:
-      raise ValueError(f"{path}: record {index + 1}: answer {record['answer']!r} is not an "
-                       f"integer (the arithmetic task needs integer answers).") from None
-    out.append(dict(record, answer=str(record["answer"]).strip(), target=target))
-  return out
-
-
-def load_records(config: ml_collections.ConfigDict, task: ArithmeticTask
-                 ) -> tuple[list[dict], list[dict]]:
-  """(train records, eval records) from the task's own splits or from JSONL files."""
-  if config.data.source == "jsonl":
-    fields = {"prompt": config.data.prompt_field, "answer": config.data.answer_field}
-    train = _with_targets(data_lib.read_jsonl(config.data.train_path, fields), config.data.train_path)
-    evals = _with_targets(data_lib.read_jsonl(config.data.eval_path, fields), config.data.eval_path)
-  else:
-    train, evals = task.examples("train"), task.examples("eval")
-  if config.eval.num_examples > 0:
-    evals = evals[:config.eval.num_examples]
-  return train, evals
+    raise ConfigError(str(error)) from None

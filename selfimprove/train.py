@@ -1,18 +1,18 @@
 """The trainer: the only code in the loop that touches the outside world.
 
-It builds the mesh, restores or initialises the state, feeds batches, calls the
-pipeline's compiled step (`steps_per_call` steps under one `lax.scan`), writes
-metrics, evaluates, checkpoints and handles preemption. It never knows an
-algorithm's loss: that is the pipeline's `step`.
+`train` reads top to bottom in five sections: build the run (selfimprove/run.py),
+initialise or restore the state, compile the guarded step, the loop (metrics,
+evaluation, checkpoints, preemption, the stop rule), finish (export, plots). It
+never knows an algorithm's loss: that is the pipeline's `step`.
 
     python launch/train.py --config=configs/sft_arithmetic.py:tiny --workdir=/tmp/sft
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import signal
 import time
 from typing import Any
 
@@ -20,75 +20,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
-from selfimprove import data as data_lib
 from selfimprove import metrics as metrics_lib
-from selfimprove import sharding
+from selfimprove import run_setup, sharding
 from selfimprove.checkpoint import Checkpointer, abstract_like
 from selfimprove.config_checks import ConfigError, validate_config
-from selfimprove.models import Transformer
-from selfimprove.models.orbax_params import load_orbax_params, save_orbax_params
-from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule, train_only
-from selfimprove.pipelines.base import Pipeline
-from selfimprove.run_setup import (build_model_config, build_pipeline, build_task, load_records,
-                                   train_encoder)
+from selfimprove.evaluation import device_batch, evaluate
+from selfimprove.models.orbax_params import (load_orbax_params, read_orbax_metadata,
+                                             save_orbax_params)
+from selfimprove.preemption import Preemption, any_process
+from selfimprove.run import Run, build_run
+from selfimprove.run_tokenizer import save_tokenizer
 from selfimprove.train_state import TrainState, step_key
+from selfimprove.verifiers import HostVerifierError
 
-# Test-only: after finalising the checkpoint of this step, print a marker and
-# sleep until killed (lets a test SIGKILL the process at a known point).
-_PAUSE_ENV = "SELFIMPROVE_TEST_PAUSE_AFTER_CHECKPOINT"
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each compiled call."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no signal handling
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: finishing the current step, then checkpointing.")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def any_process_requested(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    flags = multihost_utils.process_allgather(np.array(self.requested))
-    return bool(np.any(flags))
-
-
-def _state_shardings(abstract_state: TrainState, param_shardings: dict, pipeline: Pipeline,
-                     optimizer: optax.GradientTransformation, mesh) -> TrainState:
-  replicated = sharding.replicated(mesh)
-  # Optimizer state that mirrors the params (Adam moments) is sharded like them; a frozen
-  # parameter's slot (optax.MaskedNode, no arrays) stays as it is; the rest is replicated.
-  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
-  opt_shardings = optax.tree_map_params(
-      optimizer, lambda leaf, s: leaf if masked(leaf) else s, abstract_state.opt_state,
-      param_shardings, transform_non_params=lambda _: replicated, is_leaf=masked)
-  extra_fn = getattr(pipeline, "extra_shardings", None)
-  extra = extra_fn(param_shardings) if extra_fn else jax.tree.map(lambda _: replicated,
-                                                                   abstract_state.extra)
-  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
-                    rng=replicated, extra=extra, skipped_updates=replicated,
-                    consecutive_skips=replicated)
+STOP_MARKER = "stopped_early.json"
 
 
 def overlay(params: dict, saved: dict, source: str) -> dict:
@@ -116,36 +64,71 @@ def warn_if_recompiled(jitted: Any, name: str, step: int) -> bool:
   return True
 
 
-def _stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+def raise_if_verifier_failed(verifier: Any) -> None:
+  """Stops the run (on every process) once a host verifier has raised (see verifiers.py)."""
+  failure = verifier.failure()
+  if any_process(failure is not None):
+    raise HostVerifierError(failure or "The host verifier raised on another process; its log "
+                                       "names the function and the example.")
 
 
-def _device_batch(batch: dict[str, np.ndarray], mesh, rules, leading_dims: int) -> dict[str, jax.Array]:
-  """Global arrays from this process's rows; the batch axis follows `leading_dims` axes."""
-  batch_axes = sharding.logical_to_spec(("batch",), rules, mesh.axis_names)[0]
+# -- 2. initialise or restore -------------------------------------------------------------------
 
-  def put(x):
-    spec = PartitionSpec(*([None] * leading_dims), batch_axes, *([None] * (x.ndim - leading_dims - 1)))
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
+def init_or_restore(run: Run, checkpointer: Checkpointer) -> tuple[TrainState, int, bool]:
+  """(state, start step, resumed?).
 
-  return jax.tree.map(put, batch)
+  Resume order: the newest finalised checkpoint in the workdir wins (params,
+  optimizer, RNG key, pipeline extras and the data iterator's position, all as
+  saved); otherwise `init_from`'s parameters over fresh ones from the seed
+  (e.g. fresh LoRA adapters on an imported base); otherwise fresh ones.
+  """
+  config, shardings = run.config, run.state_shardings
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    # Logged as a warning so it shows at the launcher's default (quiet) verbosity.
+    logging.warning("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
+    state, data_state = checkpointer.restore(start_step, abstract_like(run.abstract_state, shardings))
+    run.iterator.set_state(data_state["iterator"])
+    return state, start_step, True
+  if config.init_from:
+    logging.warning("Starting from the model saved in %s", config.init_from)
+    _, _, loaded = load_orbax_params(config.init_from, run.mesh, run.rules)
+    start_from = lambda saved: run.state_from(overlay(run.fresh_params(), saved, config.init_from))
+    return jax.jit(start_from, out_shardings=shardings)(nnx.to_pure_dict(loaded)), 0, False
+  return jax.jit(lambda: run.state_from(run.fresh_params()), out_shardings=shardings)(), 0, False
 
 
-def evaluate(eval_fn, params, batches, mesh, rules, rng, names) -> dict[str, float]:
-  """Means over the real (non-padding) rows of fixed eval batches."""
-  totals = {name: 0.0 for name in names}
-  count = 0
-  process, processes = jax.process_index(), jax.process_count()
-  for batch in batches:
-    valid = batch["valid"]
-    rows = len(valid) // processes
-    local = {k: v[process * rows:(process + 1) * rows] for k, v in batch.items() if k != "valid"}
-    # eval_fn's outputs are replicated, so every process reads the whole batch's values.
-    values = jax.device_get(eval_fn(params, _device_batch(local, mesh, rules, 0), rng))
-    for name in names:
-      totals[name] += float(np.sum(np.asarray(values[name])[valid]))
-    count += int(valid.sum())
-  return {f"eval/{name}": totals[name] / max(count, 1) for name in names}
+# -- 3. the guarded, compiled step ---------------------------------------------------------------
+
+def compile_steps(run: Run):
+  """(steps_fn, eval_fn), jitted once. steps_fn runs `steps_per_call` pipeline steps under one
+  `lax.scan`; an update with a non-finite loss or gradient norm is skipped (the state is kept)."""
+
+  def one_step(state: TrainState, batch):
+    new_state, step_metrics = run.pipeline.step(state, batch, step_key(state))
+    finite = jnp.isfinite(step_metrics["train/loss"]) & jnp.isfinite(step_metrics["train/grad_norm"])
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    kept = kept._replace(
+        step=state.step + 1,
+        skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
+        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
+    return kept, dict(step_metrics, **{"train/skipped_updates": kept.skipped_updates})
+
+  replicated = sharding.replicated(run.mesh)
+  steps_fn = jax.jit(lambda state, batches: jax.lax.scan(one_step, state, batches),
+                     out_shardings=(run.state_shardings, replicated), donate_argnums=0)
+  eval_fn = jax.jit(run.pipeline.evaluate, out_shardings=replicated)
+  return steps_fn, eval_fn
+
+
+# -- 4. the loop ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoopResult:
+  state: TrainState
+  step: int
+  last_eval: dict[str, float]
+  stopped_early: bool
 
 
 def _stop_rule_met(train_config: ml_collections.ConfigDict, call_metrics: dict) -> bool:
@@ -159,170 +142,75 @@ def _stop_rule_met(train_config: ml_collections.ConfigDict, call_metrics: dict) 
   return bool(np.mean(call_metrics[name]) >= train_config.stop_threshold)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run described by `config` in `workdir`; returns the final metrics."""
-  validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  devices = jax.devices()
-  if config.mesh.num_devices > 0:
-    devices = devices[:config.mesh.num_devices]
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
-  model_config = build_model_config(config)
-  rules = model_config.sharding_rules
-  task = build_task(config, model_config)
-  num_steps = config.train.num_steps
-  optimizer_config = OptimizerConfig(**config.optimizer)
-  abstract_model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
-  graphdef, abstract_params = nnx.split(abstract_model)
-  param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
-  optimizer = make_optimizer(optimizer_config, num_steps)
-  if model_config.lora_rank:
-    # LoRA: only the adapters train; the base weights get no update and no optimizer state.
-    optimizer = train_only(optimizer, nnx.to_pure_dict(abstract_params),
-                           lambda path: path[-1].endswith(("_lora_a", "_lora_b")))
-  schedule = make_schedule(optimizer_config, num_steps)
-  pipeline = build_pipeline(config, graphdef, optimizer, task)
-
-  def state_from(params: dict) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params),
-                      rng=jax.random.key_data(jax.random.key(config.seed)),
-                      extra=pipeline.init_extra(params),
-                      skipped_updates=jnp.zeros((), jnp.int32),
-                      consecutive_skips=jnp.zeros((), jnp.int32))
-
-  def init_state() -> TrainState:
-    model = Transformer(model_config, rngs=nnx.Rngs(params=config.seed))
-    return state_from(nnx.to_pure_dict(nnx.state(model)))
-
-  abstract_state = jax.eval_shape(init_state)
-  state_shardings = _state_shardings(abstract_state, param_shardings, pipeline, optimizer, mesh)
-
-  train_records, eval_records = load_records(config, task)
-  iterator = data_lib.make_iterator(
-      train_records, train_encoder(config, task), global_batch_size=config.train.global_batch_size,
-      seed=config.seed, shuffle=config.data.shuffle)
-  eval_batches = data_lib.eval_batches(eval_records, task.encode, config.eval.batch_size)
-
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                              async_save=config.train.async_checkpoints)
-  start_step = checkpointer.latest_step()
-  resumed = start_step is not None
-  if resumed:
-    # Logged as a warning so it shows at the launcher's default (quiet) verbosity.
-    logging.warning("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
-    state, data_state = checkpointer.restore(start_step, abstract_like(abstract_state, state_shardings))
-    iterator.set_state(data_state["iterator"])
-  elif config.init_from:
-    start_step = 0
-    logging.warning("Starting from the model saved in %s", config.init_from)
-    _, _, loaded = load_orbax_params(config.init_from, mesh, rules)
-
-    def start_from(loaded: dict) -> TrainState:
-      # Fresh parameters (e.g. new LoRA adapters) from the seed, the saved ones over them.
-      params = nnx.to_pure_dict(nnx.state(Transformer(model_config, rngs=nnx.Rngs(params=config.seed))))
-      return state_from(overlay(params, loaded, config.init_from))
-
-    state = jax.jit(start_from, out_shardings=state_shardings)(nnx.to_pure_dict(loaded))
-  else:
-    start_step = 0
-    state = jax.jit(init_state, out_shardings=state_shardings)()
-
-  def one_step(state: TrainState, batch):
-    new_state, step_metrics = pipeline.step(state, batch, step_key(state))
-    finite = jnp.isfinite(step_metrics["train/loss"]) & jnp.isfinite(step_metrics["train/grad_norm"])
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    kept = kept._replace(
-        step=state.step + 1,
-        skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
-        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
-    return kept, dict(step_metrics, **{"train/skipped_updates": kept.skipped_updates})
-
-  def run_steps(state: TrainState, batches):
-    return jax.lax.scan(one_step, state, batches)
-
-  steps_per_call = config.train.steps_per_call
-  replicated = sharding.replicated(mesh)
-  compiled_steps = jax.jit(run_steps, out_shardings=(state_shardings, replicated), donate_argnums=0)
-  eval_fn = jax.jit(pipeline.evaluate, out_shardings=replicated)
+def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
+               checkpointer: Checkpointer, workdir: str) -> LoopResult:
+  """Steps until num_steps, the stop rule or preemption; logs, evaluates and checkpoints."""
+  config, train_config = run.config, run.config.train
+  steps_fn, eval_fn = compile_steps(run)
   eval_rng = jax.random.key(config.seed + 1)
-
+  run_eval = lambda params: evaluate(eval_fn, run.pipeline, params, run.eval_batches, run.mesh,
+                                     run.rules, eval_rng)
+  num_steps, steps_per_call = train_config.num_steps, train_config.steps_per_call
   # A fresh start (-1) clears every record an earlier, uncheckpointed attempt left, step 0 included.
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step if resumed else -1)
-  last_eval: dict[str, float] = {}
-  if not resumed and config.train.get("eval_at_start", False):
-    # The starting model's figures (step 0), e.g. the warm start before SCoRe.
-    with jax.set_mesh(mesh):
-      last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
-                           pipeline.eval_metric_names)
-    writer.write(0, dict(last_eval))
-  progress = metrics_lib.ProgressBar(num_steps, initial_step=start_step,
-                                     keys=("train/loss",) + tuple(f"eval/{n}" for n in pipeline.eval_metric_names))
-  pause_step = int(os.environ.get(_PAUSE_ENV, "-1"))
-  step = start_step
-  warned_recompile = False  # warn once per run
+  progress = metrics_lib.ProgressBar(num_steps, initial_step=start_step, keys=(
+      ("train/loss",) + tuple(f"eval/{n}" for n in run.pipeline.eval_metric_names)))
+  stop_marker = os.path.join(workdir, STOP_MARKER)
   # A run that met its stop rule is finished: relaunching it only re-exports and summarises.
-  stop_marker = os.path.join(workdir, "stopped_early.json")
   stopped_early = resumed and os.path.exists(stop_marker)
   if not resumed and os.path.exists(stop_marker) and jax.process_index() == 0:
     os.remove(stop_marker)   # left by an earlier attempt at this workdir
+  last_eval: dict[str, float] = {}
+  step, warned_recompile = start_step, False
   interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
-  with jax.set_mesh(mesh), _Preemption() as preemption:
+  with jax.set_mesh(run.mesh), Preemption() as preemption:
+    if not resumed and train_config.get("eval_at_start", False):
+      # The starting model's figures (step 0), e.g. the warm start before SCoRe.
+      last_eval = run_eval(state.params)
+      raise_if_verifier_failed(run.verifier)
+      writer.write(0, dict(last_eval))
     while step < num_steps and not stopped_early:
-      batches = _stack_batches([next(iterator) for _ in range(steps_per_call)])
-      state, call_metrics = compiled_steps(state, _device_batch(batches, mesh, rules, 1))
+      batches = _stack_batches([next(run.iterator) for _ in range(steps_per_call)])
+      state, call_metrics = steps_fn(state, device_batch(batches, run.mesh, run.rules, 1))
       step += steps_per_call
-      warned_recompile = warned_recompile or warn_if_recompiled(compiled_steps, "training step", step)
       call_metrics = jax.device_get(call_metrics)
+      raise_if_verifier_failed(run.verifier)
+      warned_recompile = warned_recompile or warn_if_recompiled(steps_fn, "training step", step)
       interval_tokens += float(np.sum(call_metrics["perf/tokens"]))
       interval_steps += steps_per_call
       consecutive = int(jax.device_get(state.consecutive_skips))
-      if consecutive >= config.train.max_consecutive_skips:
-        checkpointer.close()
+      if consecutive >= train_config.max_consecutive_skips:
         raise FloatingPointError(
             f"{consecutive} consecutive steps up to step {step} had a non-finite loss or gradient "
             f"norm; their updates were skipped. Stopping (config.train.max_consecutive_skips="
-            f"{config.train.max_consecutive_skips}). The last checkpoint "
+            f"{train_config.max_consecutive_skips}). The last checkpoint "
             f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is intact.")
 
-      stopped_early = stopped_early or _stop_rule_met(config.train, call_metrics)
+      stopped_early = _stop_rule_met(train_config, call_metrics)
       final = step == num_steps or stopped_early
-      row: dict[str, float] = {}
-      if step % config.train.log_every == 0 or final:
+      evaluate_now = step % train_config.eval_every == 0 or final
+      if evaluate_now:
+        last_eval = run_eval(state.params)
+        raise_if_verifier_failed(run.verifier)
+      if step % train_config.log_every == 0 or final:
         elapsed = time.perf_counter() - interval_start
         for i in range(steps_per_call):
           s = step - steps_per_call + i + 1
-          if s % config.train.log_every and s != step:
+          if s % train_config.log_every and s != step:
             continue
           row = {k: float(v[i]) for k, v in call_metrics.items() if k != "perf/tokens"}
-          row["train/learning_rate"] = float(schedule(max(s - 1, 0) // optimizer_config.grad_accum_steps))
+          row["train/learning_rate"] = float(run.schedule(max(s - 1, 0) // run.grad_accum_steps))
           row["perf/steps_per_sec"] = interval_steps / elapsed
           row["perf/tokens_per_sec"] = interval_tokens / elapsed
-          if s == step and (step % config.train.eval_every == 0 or final):
-            last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
-                                 pipeline.eval_metric_names)
-            row.update(last_eval)
-          writer.write(s, row)
+          writer.write(s, row | (last_eval if s == step and evaluate_now else {}))
         interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
-      elif step % config.train.eval_every == 0:
-        last_eval = evaluate(eval_fn, state.params, eval_batches, mesh, rules, eval_rng,
-                             pipeline.eval_metric_names)
-        row = dict(last_eval)
-        writer.write(step, row)
+      elif evaluate_now:
+        writer.write(step, dict(last_eval))
       progress.update(step, {k: float(v[-1]) for k, v in call_metrics.items()} | last_eval)
 
       preempted = preemption.any_process_requested()
-      if step % config.train.checkpoint_every == 0 or final or preempted:
-        checkpointer.save(step, state, {"iterator": iterator.get_state()})
-        if step == pause_step:
-          checkpointer.wait()
-          print(f"CHECKPOINT {step} FINALIZED", flush=True)
-          while True:
-            time.sleep(60)
+      if step % train_config.checkpoint_every == 0 or final or preempted:
+        checkpointer.save(step, state, {"iterator": run.iterator.get_state()})
       if preempted:
         logging.warning("Preempted: checkpoint at step %d saved; exiting.", step)
         break
@@ -330,30 +218,67 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         checkpointer.wait()
         if jax.process_index() == 0:
           with open(stop_marker, "w") as f:
-            json.dump({"step": step, "metric": config.train.stop_metric,
-                       "threshold": config.train.stop_threshold}, f)
+            json.dump({"step": step, "metric": train_config.stop_metric,
+                       "threshold": train_config.stop_threshold}, f)
         logging.warning("Stopping at step %d of %d: %s reached %s (config.train.stop_metric).",
-                        step, num_steps, config.train.stop_metric, config.train.stop_threshold)
-        break
-  checkpointer.close()
+                        step, num_steps, train_config.stop_metric, train_config.stop_threshold)
   progress.close()
   writer.close()
-  if step >= num_steps or stopped_early:
-    # The trained model, in the format `init_from` and launch/convert.py read.
-    save_orbax_params(os.path.join(workdir, "params"), model_config,
-                      nnx.state(nnx.merge(graphdef, state.params)))
+  return LoopResult(state, step, last_eval, stopped_early)
+
+
+def _stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """steps_per_call batches -> one dict of [steps_per_call, batch, ...] arrays for the scan."""
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+# -- 5. finish -----------------------------------------------------------------------------------
+
+def finish(run: Run, result: LoopResult, workdir: str) -> dict[str, Any]:
+  """Exports the trained model (DIR/params, with its tokenizer) and writes the plots and summary."""
+  if result.step >= run.config.train.num_steps or result.stopped_early:
+    # The trained model, in the format `init_from` and launch/convert.py read; the source HF
+    # config (if any) travels along so that the export reproduces the family and token ids.
+    params_dir = os.path.join(workdir, "params")
+    metadata = {}
+    if run.config.init_from:
+      metadata = {k: v for k, v in read_orbax_metadata(run.config.init_from).items()
+                  if k != "transformer_config"}
+    save_orbax_params(params_dir, run.model_config,
+                      nnx.state(nnx.merge(run.graphdef, result.state.params)), metadata=metadata)
+    if jax.process_index() == 0:
+      save_tokenizer(run.tokenizer, params_dir)
   if jax.process_index() == 0:
     plot_path = metrics_lib.plot_metrics(workdir)
     print(metrics_lib.summarize(workdir))
     print(f"curves: {plot_path}")
-    if last_eval:
+    if result.last_eval:
       # The pipeline's eval figures alone, e.g. SCoRe's Acc@t1, Acc@t2 and deltas over training.
-      eval_plot = metrics_lib.plot_metrics(workdir, keys=list(last_eval), filename="eval_curves.png")
+      eval_plot = metrics_lib.plot_metrics(workdir, keys=list(result.last_eval),
+                                           filename="eval_curves.png")
       print(f"eval curves: {eval_plot}")
-  return {"step": step, **last_eval}
+  return {"step": result.step, **result.last_eval}
 
 
-def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run described by `config` in `workdir`; returns the final metrics."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  run = build_run(config)                                                 # 1. build
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                              async_save=config.train.async_checkpoints)
+  try:
+    state, start_step, resumed = init_or_restore(run, checkpointer)      # 2. init or restore
+    result = train_loop(run, state, start_step, resumed, checkpointer, workdir)   # 3. + 4.
+  finally:
+    checkpointer.close()   # waits for an in-flight save to finish; its threads never outlive us
+  return finish(run, result, workdir)                                     # 5. finish
+
+
+def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """`train`, first training `config.warm_start` (a whole run config) when the config has one.
 
   The warm-start run lives in workdir/warm_start and the main run starts from
@@ -368,13 +293,7 @@ def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> di
         f"config.warm_start.task ({config.warm_start.task.to_dict()}) differs from config.task "
         f"({config.task.to_dict()}): the warm start must train on the same task and held-out split; "
         f"override both (e.g. --config.task.split_seed=1 --config.warm_start.task.split_seed=1).")
-  demo_instruction = config.warm_start.data.get("correction_instruction", "")
-  if (config.warm_start.data.get("correction_demos", 0.0) and "score" in config and
-      demo_instruction != config.score.correction_instruction):
-    raise ConfigError(
-        f"config.warm_start.data.correction_instruction={demo_instruction!r} differs from "
-        f"config.score.correction_instruction={config.score.correction_instruction!r}: the warm "
-        f"start's two-turn demos must use the instruction SCoRe appends.")
+  run_setup.check_warm_start(config)
   warm_dir = os.path.join(workdir, "warm_start")
   warm_params = os.path.join(warm_dir, "params")
   if not os.path.exists(os.path.join(warm_params, "model_config.json")):

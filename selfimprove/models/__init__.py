@@ -7,7 +7,8 @@ own module, not from here.
 
 from selfimprove.models.config import PRESETS, TransformerConfig, get_preset
 from selfimprove.models.kv_cache import KVCache, init_cache
-from selfimprove.models.lora import LoRAParam, add_adapters, merge_lora
+from selfimprove.models.adapters import add_adapters
+from selfimprove.models.lora import LoRAParam, merge_lora
 from selfimprove.models.orbax_params import load_orbax_params, save_orbax_params
 from selfimprove.models.transformer import Transformer, count_params, init_model
 

@@ -241,7 +241,7 @@ def load_hf(folder: str, mesh: Mesh | None = None, rules: sharding.Rules | None 
     spec = table.get(path)
     if spec is None:
       raise ValueError(f"Parameter {_path_name(path)} has no Hugging Face counterpart "
-                       f"(LoRA adapters are added after import, see lora.add_adapters).")
+                       f"(LoRA adapters are added after import, see adapters.add_adapters).")
     value = _read_parameter(reader, spec, path, variable.shape, config.params_dtype)
     target = None if shardings is None else shardings[path].get_value()
     loaded.append((path, variable.replace(_place(value, target))))

@@ -1,1 +1,73 @@
-"""Pipelines: one file per algorithm, each exposing `step(state, batch, rng) -> (state, metrics)`."""
+"""Pipelines (one file per algorithm), looked up by `config.pipeline` in a registry.
+
+A pipeline module has a `build(pieces: RunPieces, settings: dict) -> Pipeline`
+and one `register_pipeline` line here (or in your own module, imported from your
+config file):
+
+    register_pipeline("my_algo", build, section="my_algo")   # settings = config.my_algo
+
+The trainer and run setup never name a pipeline. A pipeline module may also own
+training-row transforms that a `config.data` field switches on (SCoRe's two-turn
+correction demos for its warm start: `config.data.correction_demos > 0`), and a
+check between its settings and its warm start's data (`check_warm_start`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from selfimprove.pipelines import score, sft
+from selfimprove.pipelines.base import Pipeline, RunPieces
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineEntry:
+  build: Callable[[RunPieces, dict], Pipeline]
+  section: str | None = None   # the config section passed as `settings` ({} if None)
+  # (settings, the warm start's config.data as a dict) -> None; raises ValueError on a mismatch.
+  check_warm_start: Callable[[dict, dict], None] | None = None
+
+
+_PIPELINES: dict[str, PipelineEntry] = {}
+# config.data field -> build(row_encoder, data settings dict, task, seed) -> row encoder.
+_ROW_TRANSFORMS: dict[str, Callable[..., Any]] = {}
+
+
+def register_pipeline(name: str, build: Callable[[RunPieces, dict], Pipeline], *,
+                      section: str | None = None,
+                      check_warm_start: Callable[[dict, dict], None] | None = None) -> None:
+  """Makes `name` a valid config.pipeline. Re-registering the same objects is a no-op."""
+  entry = PipelineEntry(build, section, check_warm_start)
+  if name in _PIPELINES and _PIPELINES[name] != entry:
+    raise ValueError(f"Pipeline {name!r} is already registered (to {_PIPELINES[name].build!r}).")
+  _PIPELINES[name] = entry
+
+
+def register_row_transform(data_field: str, build: Callable[..., Any]) -> None:
+  """Training rows built by `build` whenever config.data.<data_field> is set (truthy)."""
+  if data_field in _ROW_TRANSFORMS and _ROW_TRANSFORMS[data_field] is not build:
+    raise ValueError(f"config.data.{data_field} already has a row transform.")
+  _ROW_TRANSFORMS[data_field] = build
+
+
+def get_pipeline_entry(name: str) -> PipelineEntry:
+  if name not in _PIPELINES:
+    raise KeyError(f"unknown pipeline {name!r}; registered pipelines: {sorted(_PIPELINES)}.")
+  return _PIPELINES[name]
+
+
+def pipeline_names() -> list[str]:
+  return sorted(_PIPELINES)
+
+
+def row_transforms() -> dict[str, Callable[..., Any]]:
+  return dict(_ROW_TRANSFORMS)
+
+
+register_pipeline("sft", sft.build, section="sft")
+register_pipeline("score", score.build, section="score", check_warm_start=score.check_warm_start)
+register_row_transform("correction_demos", score.demo_rows)
+
+__all__ = ["Pipeline", "RunPieces", "register_pipeline", "register_row_transform",
+           "get_pipeline_entry", "pipeline_names", "row_transforms"]

@@ -41,6 +41,8 @@ import optax
 from flax import nnx
 
 from selfimprove import multiturn
+from selfimprove.pipelines.base import RunPieces
+from selfimprove.pipelines.score_demos import demo_rows
 from selfimprove.objectives import (ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, advantages,
                                     per_token_kl, policy_gradient_loss, score_shaped_rewards)
 from selfimprove.sampling import SamplingConfig, sample
@@ -55,7 +57,7 @@ class SCoReConfig:
 
   Attributes:
     correction_instruction: text appended after attempt 1 (encoded with the
-      task's tokenizer; must be non-empty).
+      run's tokenizer; must be non-empty).
     max_new_tokens: completion budget of each attempt.
     stage1_steps: training steps in Stage I before Stage II starts.
     alpha: shaping coefficient of the turn-2 bonus alpha * (r2 - r1) (10).
@@ -195,23 +197,23 @@ def correction_metrics(rollout: TwoTurnRollout) -> dict[str, jax.Array]:
 
 @dataclasses.dataclass(frozen=True)
 class SCoRe:
-  """Batch keys: prompt_tokens/prompt_mask [batch, P], target [batch] (as ArithmeticTask.encode).
+  """Batch keys: prompt_tokens/prompt_mask [batch, P] and what the verifier reads (record_id,
+  the task's arrays); see selfimprove/encoding.py.
 
-  `task` needs verify(tokens, mask, target) -> [rows] rewards and a tokenizer
-  (encode, eos_id, pad_id). The frozen reference policy is `state.extra["ref_params"]`.
+  `verifier(tokens, mask, batch)` -> [rows] rewards; `instruction_ids` is the
+  correction instruction in the run's tokenizer. The frozen reference policy is
+  `state.extra["ref_params"]`.
   """
 
   graphdef: nnx.GraphDef
   optimizer: optax.GradientTransformation
-  task: Any
+  verifier: Any
   config: SCoReConfig
+  instruction_ids: tuple[int, ...]
+  stop_token_ids: tuple[int, ...]
+  pad_token_id: int
   eval_metric_names: tuple[str, ...] = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i",
                                         "edit_distance", "changed")
-  instruction_ids: tuple[int, ...] = dataclasses.field(init=False)
-
-  def __post_init__(self):
-    ids = tuple(int(i) for i in self.task.tokenizer.encode(self.config.correction_instruction))
-    object.__setattr__(self, "instruction_ids", ids)
 
   def init_extra(self, params: dict) -> dict:
     return {"ref_params": params}
@@ -227,7 +229,7 @@ class SCoRe:
         max_new_tokens=cfg.max_new_tokens, greedy=greedy,
         temperature=cfg.temperature if train else cfg.eval_temperature,
         num_samples_per_prompt=cfg.num_samples_per_prompt if train else 1,
-        stop_token_ids=(self.task.tokenizer.eos_id,), pad_token_id=self.task.tokenizer.pad_id)
+        stop_token_ids=self.stop_token_ids, pad_token_id=self.pad_token_id)
 
   def rollout(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array,
               sampling: SamplingConfig) -> TwoTurnRollout:
@@ -235,7 +237,7 @@ class SCoRe:
     model = nnx.merge(self.graphdef, params)
     first = sample(model, batch["prompt_tokens"], batch["prompt_mask"], jax.random.fold_in(rng, 1),
                    sampling)
-    target = jnp.repeat(batch["target"], sampling.num_samples_per_prompt, axis=0)
+    rows = jax.tree.map(lambda x: jnp.repeat(x, sampling.num_samples_per_prompt, axis=0), batch)
     context, context_mask = multiturn.build_turn2_context(
         first.prompt_tokens, first.prompt_mask, first.tokens, first.completion_mask,
         self.instruction_ids)
@@ -246,8 +248,8 @@ class SCoRe:
         tokens_t1=first.tokens, mask_t1=first.completion_mask, lengths_t1=first.lengths,
         context_t2=context, context_mask_t2=context_mask,
         tokens_t2=second.tokens, mask_t2=second.completion_mask, lengths_t2=second.lengths,
-        reward_t1=self.task.verify(first.tokens, first.completion_mask, target),
-        reward_t2=self.task.verify(second.tokens, second.completion_mask, target))
+        reward_t1=self.verifier(first.tokens, first.completion_mask, rows),
+        reward_t2=self.verifier(second.tokens, second.completion_mask, rows))
 
   def turn_logprobs(self, params: dict, rollout: TwoTurnRollout) -> tuple[jax.Array, jax.Array]:
     """Token log-probs [rows, N] of attempt 1 given x and of attempt 2 given [x, y1, p]."""
@@ -296,3 +298,29 @@ class SCoRe:
                ) -> dict[str, jax.Array]:
     """Per-example [batch] values named in `eval_metric_names` (greedy attempts by default)."""
     return correction_metrics(self.rollout(params, batch, rng, self.sampling_config(train=False)))
+
+
+def build(pieces: RunPieces, settings: dict) -> SCoRe:
+  """SCoRe from the run's pieces; settings = config.score (max_new_tokens defaults to the
+  answer length)."""
+  config = SCoReConfig(**{"max_new_tokens": pieces.answer_len, **settings})
+  instruction_ids = pieces.encoder.text_ids(config.correction_instruction,
+                                            "correction_instruction")
+  return SCoRe(graphdef=pieces.graphdef, optimizer=pieces.optimizer, verifier=pieces.verifier,
+               config=config, instruction_ids=instruction_ids,
+               stop_token_ids=pieces.stop_token_ids, pad_token_id=pieces.pad_id)
+
+
+def check_warm_start(settings: dict, warm_start_data: dict) -> None:
+  """The warm start's two-turn demos must use the instruction SCoRe appends."""
+  demo_instruction = warm_start_data.get("correction_instruction", "")
+  if warm_start_data.get("correction_demos", 0.0) and demo_instruction != settings.get(
+      "correction_instruction"):
+    raise ValueError(
+        f"config.warm_start.data.correction_instruction={demo_instruction!r} differs from "
+        f"config.score.correction_instruction={settings.get('correction_instruction')!r}: the "
+        f"warm start's two-turn demos must use the instruction SCoRe appends.")
+
+
+__all__ = ["SCoRe", "SCoReConfig", "TwoTurnRollout", "build", "check_warm_start", "demo_rows",
+           "score_loss", "correction_metrics"]

@@ -3,14 +3,15 @@
 The loss is next-token cross-entropy on the answer tokens only (the prompt is
 context); train/exact_match is the share of the batch's rows whose answer greedy
 decoding would reproduce (every answer token is the argmax under teacher forcing).
-Evaluation samples greedily from the prompt and scores the completion with the
-task's in-graph verifier.
+Evaluation samples greedily from the prompt (up to the answer length, or
+`max_new_tokens` in config.sft) and scores the completion with the run's
+verifier (the task's in-graph one, or its host function).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ import optax
 from flax import nnx
 
 from selfimprove.objectives import next_token_loss, teacher_forced_exact_match
+from selfimprove.pipelines.base import RunPieces
 from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState
 
@@ -25,11 +27,11 @@ from selfimprove.train_state import TrainState
 @dataclasses.dataclass(frozen=True)
 class SFT:
   """Batch keys: prompt_tokens/prompt_mask [batch, prompt_len] (left-padded),
-  answer_tokens/answer_mask [batch, answer_len] (right-padded), target [batch]."""
+  answer_tokens/answer_mask [batch, answer_len] (right-padded), and what the verifier reads."""
 
   graphdef: nnx.GraphDef
   optimizer: optax.GradientTransformation
-  task: Any                     # has verify(tokens, mask, target) -> [batch] rewards
+  verifier: Callable[..., Any]  # (tokens, mask, batch) -> [batch] rewards
   eval_sampling: SamplingConfig
   eval_metric_names: tuple[str, ...] = ("accuracy",)
 
@@ -59,5 +61,17 @@ class SFT:
                ) -> dict[str, jax.Array]:
     model = nnx.merge(self.graphdef, params)
     rollout = sample(model, batch["prompt_tokens"], batch["prompt_mask"], rng, self.eval_sampling)
-    correct = self.task.verify(rollout.tokens, rollout.completion_mask, batch["target"])
+    correct = self.verifier(rollout.tokens, rollout.completion_mask, batch)
     return {"accuracy": correct}
+
+
+def build(pieces: RunPieces, settings: dict) -> SFT:
+  """SFT from the run's pieces; settings (config.sft, optional): max_new_tokens (0 = answer length)."""
+  unknown = set(settings) - {"max_new_tokens"}
+  if unknown:
+    raise ValueError(f"unknown field(s) {sorted(unknown)}; SFT reads only max_new_tokens.")
+  eval_sampling = SamplingConfig(
+      max_new_tokens=settings.get("max_new_tokens") or pieces.answer_len, greedy=True,
+      stop_token_ids=pieces.stop_token_ids, pad_token_id=pieces.pad_id)
+  return SFT(graphdef=pieces.graphdef, optimizer=pieces.optimizer, verifier=pieces.verifier,
+             eval_sampling=eval_sampling)

@@ -12,18 +12,25 @@ with the same `eval_fraction` and `split_seed`.
 
 `generate` samples uniformly over all training problems (operands uniform over
 the operand range, which for mixed digit counts means mostly long operands).
+
+As a `selfimprove.tasks.base.Task`: text examples, an int32 `target` per row,
+an in-graph verifier for any character-level tokenizer of the run (char or
+byte: one token per digit) and a host verifier (`leading_integer_match`) for
+the rest (e.g. a BPE tokenizer that merges digits). Both read the completion's
+leading integer by the same rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selfimprove.tokenizers import CharTokenizer, encode_batch
+from selfimprove.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, encode_batch
 
 CANONICAL_OPERATIONS = "+-*"
 ALPHABET = "0123456789+-*="
@@ -119,19 +126,51 @@ def _digit_at(x: jax.Array, num_digits: jax.Array, index: jax.Array) -> jax.Arra
   return (x // jnp.asarray(_POW10)[exponent]) % 10
 
 
+_LEADING_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def leading_integer(text: str) -> int | None:
+  """The integer a completion starts with (host side; the rules of `parse_leading_integer`)."""
+  match = _LEADING_INTEGER.match(text)
+  if not match or len(match.group().lstrip("-")) > MAX_ANSWER_DIGITS:
+    return None
+  return int(match.group())
+
+
+def leading_integer_match(completion: str, example: dict) -> float:
+  """Host verifier: 1.0 iff the completion starts with the example's integer answer."""
+  value = leading_integer(completion)
+  return float(value is not None and value == int(example.get("target", example["answer"])))
+
+
+def digit_table(tokenizer: Tokenizer) -> tuple[np.ndarray, int]:
+  """(value of each token id as a digit, -1 if not one: int32 [vocab]; the id of "-")."""
+  table = np.full(tokenizer.vocab_size, -1, np.int32)
+  for digit in range(10):
+    table[tokenizer.encode(str(digit))[0]] = digit
+  return table, tokenizer.encode("-")[0]
+
+
 class ArithmeticTask:
   """Prompts `a<op>b=`, answers `<int><eos>`, a hashed held-out split and an exact verifier.
 
   Attributes:
     config: the ArithmeticConfig.
-    tokenizer: CharTokenizer over "0123456789+-*=" (ids 0/1/2 = pad/bos/eos).
+    alphabet: "0123456789+-*=", every character of its text.
+    tokenizer: CharTokenizer over the alphabet (ids 0/1/2 = pad/bos/eos): the
+      ids `generate`, `encode` and `verify` use. A run encodes text with its own
+      tokenizer (`config.tokenizer`; by default this same one).
     prompt_len: static prompt length: <bos> + the longest prompt.
     answer_len: static answer length: the longest answer + <eos>.
   """
 
+  alphabet = ALPHABET
+  host_verifier = staticmethod(leading_integer_match)
+
   def __init__(self, config: ArithmeticConfig):
     self.config = config
     self.tokenizer = CharTokenizer(ALPHABET)
+    self._digits, self._minus_id = digit_table(self.tokenizer)
     self._low, self._high = config.operand_range
     self.prompt_len = 1 + 2 * config.max_digits + 2
     self.answer_len = 1 + max(len(str(v)) for op in config.operations
@@ -140,7 +179,6 @@ class ArithmeticTask:
                                 np.int32)
     self._op_token_ids = np.array(self.tokenizer.encode(CANONICAL_OPERATIONS), np.int32)
     self._digit0_id = self.tokenizer.encode("0")[0]
-    self._minus_id = self.tokenizer.encode("-")[0]
     self._equals_id = self.tokenizer.encode("=")[0]
     with np.errstate(over="ignore"):
       self._seed_hash = int(_fmix32(np.uint32(config.split_seed % 2**32) ^ np.uint32(0x9E3779B9), np))
@@ -331,46 +369,31 @@ class ArithmeticTask:
 
   def parse_leading_integer(self, tokens: jax.Array, mask: jax.Array
                             ) -> tuple[jax.Array, jax.Array]:
-    """Reads the integer a completion starts with.
-
-    tokens, mask [batch, n] -> (value int32 [batch], valid bool [batch]).
-
-    The integer is an optional '-' then one or more digits, ending at the first
-    token that is not a masked-in digit (eos, '=', '+', pad, a masked-out
-    position, or the end). Leading zeros are read as the number's value ("0122"
-    is 122, "-0" is 0): a model that pads its answer still states the right
-    number, and exact string match is the answer_tokens' job (the SFT loss).
-    Invalid (value 0): no digit ("", "-", "=5") or more than 9 digits (int32).
-    """
-    tokens = jnp.asarray(tokens).astype(jnp.int32)
-    mask = jnp.asarray(mask).astype(bool)
-    digit = tokens - self._digit0_id
-    is_digit = mask & (digit >= 0) & (digit <= 9)
-    negative = mask[:, 0] & (tokens[:, 0] == self._minus_id)
-    # Shift signed rows left by one so every row's digits start at column 0 (static shapes).
-    shift = lambda x: jnp.where(negative[:, None],
-                                jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1), x)
-    is_digit, digit = shift(is_digit), shift(digit)
-    in_number = jnp.cumprod(is_digit.astype(jnp.int32), axis=1).astype(bool)
-    num_digits = jnp.sum(in_number, axis=1, dtype=jnp.int32)
-    valid = (num_digits >= 1) & (num_digits <= MAX_ANSWER_DIGITS)
-    exponent = num_digits[:, None] - 1 - jnp.arange(tokens.shape[1])[None, :]
-    # Only terms of valid (<= 9-digit) numbers are summed, so int32 never overflows.
-    use = in_number & (exponent < MAX_ANSWER_DIGITS)
-    terms = jnp.where(use, digit * jnp.asarray(_POW10)[jnp.clip(exponent, 0, 9)], 0)
-    magnitude = jnp.sum(terms, axis=1, dtype=jnp.int32)
-    value = jnp.where(valid, jnp.where(negative, -magnitude, magnitude), 0)
-    return value, valid
+    """`parse_leading_integer` in this task's own token ids."""
+    return parse_leading_integer(tokens, mask, self._digits, self._minus_id)
 
   def verify(self, completion_tokens: jax.Array, completion_mask: jax.Array,
              target: jax.Array) -> jax.Array:
-    """Exact-answer reward: float32 [batch], 1 iff the completion's leading integer equals target.
+    """Exact-answer reward in this task's own ids: float32 [batch], see `verify_leading_integer`."""
+    return verify_leading_integer(completion_tokens, completion_mask, target, self._digits,
+                                  self._minus_id)
 
-    completion_tokens/completion_mask [batch, n] as in `Rollout.tokens` /
-    `Rollout.completion_mask`; target int32 [batch]. Pure JAX, jittable.
-    """
-    value, valid = self.parse_leading_integer(completion_tokens, completion_mask)
-    return (valid & (value == jnp.asarray(target).astype(jnp.int32))).astype(jnp.float32)
+  def example_arrays(self, example: dict) -> dict[str, np.ndarray]:
+    """The int32 target the in-graph verifier compares with (read from "answer" if absent)."""
+    target = example.get("target", example["answer"])
+    try:
+      return {"target": np.int32(int(target))}
+    except (TypeError, ValueError):
+      raise ValueError(f"answer {target!r} is not an integer (the arithmetic task's verifier "
+                       f"compares integers).") from None
+
+  def in_graph_verifier(self, tokenizer: Tokenizer):
+    """A jnp verifier in `tokenizer`'s ids when it has one token per character, else None."""
+    if not isinstance(tokenizer, (CharTokenizer, ByteTokenizer)):
+      return None
+    digits, minus_id = digit_table(tokenizer)
+    return lambda tokens, mask, batch: verify_leading_integer(tokens, mask, batch["target"],
+                                                              digits, minus_id)
 
   def decode_completion(self, tokens_row) -> str:
     """Host-side text of one completion up to (not including) its first <eos>, for logging."""
@@ -378,3 +401,53 @@ class ArithmeticTask:
     if self.tokenizer.eos_id in ids:
       ids = ids[:ids.index(self.tokenizer.eos_id)]
     return self.tokenizer.decode(ids)
+
+
+def parse_leading_integer(tokens: jax.Array, mask: jax.Array, digit_values: np.ndarray,
+                          minus_id: int) -> tuple[jax.Array, jax.Array]:
+  """Reads the integer a completion starts with.
+
+  tokens, mask [batch, n] -> (value int32 [batch], valid bool [batch]);
+  digit_values [vocab] int32 maps a token id to its digit (-1: not a digit),
+  minus_id is the id of "-" (see `digit_table`).
+
+  The integer is an optional '-' then one or more digits, ending at the first
+  token that is not a masked-in digit (eos, '=', '+', pad, a masked-out
+  position, or the end). Leading zeros are read as the number's value ("0122"
+  is 122, "-0" is 0): a model that pads its answer still states the right
+  number, and exact string match is the answer_tokens' job (the SFT loss).
+  Invalid (value 0): no digit ("", "-", "=5") or more than 9 digits (int32).
+  """
+  tokens = jnp.asarray(tokens).astype(jnp.int32)
+  mask = jnp.asarray(mask).astype(bool)
+  table = jnp.asarray(digit_values)
+  in_table = (tokens >= 0) & (tokens < table.shape[0])
+  digit = jnp.where(in_table, table[jnp.clip(tokens, 0, table.shape[0] - 1)], -1)
+  is_digit = mask & (digit >= 0)
+  negative = mask[:, 0] & (tokens[:, 0] == minus_id)
+  # Shift signed rows left by one so every row's digits start at column 0 (static shapes).
+  shift = lambda x: jnp.where(negative[:, None],
+                              jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1), x)
+  is_digit, digit = shift(is_digit), shift(digit)
+  in_number = jnp.cumprod(is_digit.astype(jnp.int32), axis=1).astype(bool)
+  num_digits = jnp.sum(in_number, axis=1, dtype=jnp.int32)
+  valid = (num_digits >= 1) & (num_digits <= MAX_ANSWER_DIGITS)
+  exponent = num_digits[:, None] - 1 - jnp.arange(tokens.shape[1])[None, :]
+  # Only terms of valid (<= 9-digit) numbers are summed, so int32 never overflows.
+  use = in_number & (exponent < MAX_ANSWER_DIGITS)
+  terms = jnp.where(use, digit * jnp.asarray(_POW10)[jnp.clip(exponent, 0, 9)], 0)
+  magnitude = jnp.sum(terms, axis=1, dtype=jnp.int32)
+  value = jnp.where(valid, jnp.where(negative, -magnitude, magnitude), 0)
+  return value, valid
+
+
+def verify_leading_integer(completion_tokens: jax.Array, completion_mask: jax.Array,
+                           target: jax.Array, digit_values: np.ndarray, minus_id: int) -> jax.Array:
+  """Exact-answer reward: float32 [batch], 1 iff the completion's leading integer equals target.
+
+  completion_tokens/completion_mask [batch, n] as in `Rollout.tokens` /
+  `Rollout.completion_mask`; target int32 [batch]; digit_values/minus_id from
+  `digit_table(tokenizer)`. Pure JAX, jittable.
+  """
+  value, valid = parse_leading_integer(completion_tokens, completion_mask, digit_values, minus_id)
+  return (valid & (value == jnp.asarray(target).astype(jnp.int32))).astype(jnp.float32)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from selfimprove.encoding import RowEncoder
+
 
 @dataclasses.dataclass(frozen=True)
 class CorrectionDemoConfig:
@@ -56,19 +58,24 @@ class CorrectionDemoConfig:
 
 
 class CorrectionDemoEncoder:
-  """A task's `encode` for SFT rows, some of them two-turn correction demos.
+  """Wraps the run's row encoder: some training rows become two-turn correction demos.
 
-  `task` needs `encode`, `prompt_len`, `answer_len`, `tokenizer` and
-  `wrong_answer(target, rng) -> str`. Every row (demo or not) has prompt
-  length `prompt_len` = task.prompt_len + task.answer_len + len(instruction),
-  left-padded, so batches have one static shape.
+  `task` needs `wrong_answer(target, rng) -> str`. Every row (demo or not) has
+  prompt length `prompt_len` = rows.prompt_len + rows.answer_len +
+  len(instruction ids), left-padded, so batches have one static shape.
   """
 
-  def __init__(self, task: Any, config: CorrectionDemoConfig):
+  def __init__(self, rows: RowEncoder, task: Any, config: CorrectionDemoConfig):
+    if not hasattr(task, "wrong_answer"):
+      raise ValueError(f"correction demos need wrong drafts: the task ({type(task).__name__}) "
+                       f"has no wrong_answer(target, rng) method.")
+    self.rows = rows
     self.task = task
     self.config = config
-    self.instruction_ids = np.asarray(task.tokenizer.encode(config.instruction), np.int32)
-    self.prompt_len = task.prompt_len + task.answer_len + len(self.instruction_ids)
+    self.instruction_ids = np.asarray(
+        rows.encoder.text_ids(config.instruction, "correction_instruction"), np.int32)
+    self.prompt_len = rows.prompt_len + rows.answer_len + len(self.instruction_ids)
+    self.answer_len = rows.answer_len
 
   def draft(self, record: dict) -> str | None:
     """The record's draft answer: None (single-turn row), the answer, or a wrong answer."""
@@ -79,16 +86,26 @@ class CorrectionDemoEncoder:
       return str(record["answer"])
     return self.task.wrong_answer(int(record.get("target", record["answer"])), rng)
 
-  def __call__(self, record: dict) -> dict[str, np.ndarray]:
-    row = self.task.encode(record)
+  def __call__(self, item: tuple[int, dict]) -> dict[str, np.ndarray]:
+    row = self.rows(item)
     real_prompt = row["prompt_tokens"][row["prompt_mask"]]
-    draft = self.draft(record)
+    draft = self.draft(item[1])
     if draft is not None:
-      drafted = self.task.encode({"prompt": record["prompt"], "answer": draft, "target": 0})
-      real_prompt = np.concatenate([real_prompt, drafted["answer_tokens"][drafted["answer_mask"]],
-                                    self.instruction_ids])
+      draft_ids = np.asarray(self.rows.encoder.answer_ids(draft), np.int32)
+      real_prompt = np.concatenate([real_prompt, draft_ids, self.instruction_ids])
     pad = self.prompt_len - len(real_prompt)
-    row["prompt_tokens"] = np.concatenate([np.full(pad, self.task.tokenizer.pad_id, np.int32),
+    if pad < 0:
+      raise ValueError(f"the correction demo of {item[1].get('source', item[0])} is "
+                       f"{len(real_prompt)} tokens, more than {self.prompt_len}.")
+    row["prompt_tokens"] = np.concatenate([np.full(pad, self.rows.encoder.tokenizer.pad_id, np.int32),
                                            real_prompt.astype(np.int32)])
     row["prompt_mask"] = np.arange(self.prompt_len) >= pad
     return row
+
+
+def demo_rows(rows: RowEncoder, data: dict, task: Any, seed: int) -> CorrectionDemoEncoder:
+  """The training rows of a run whose config.data.correction_demos > 0 (e.g. SCoRe's warm start)."""
+  demos = CorrectionDemoConfig(fraction=data["correction_demos"],
+                               wrong_draft_fraction=data["wrong_draft_fraction"],
+                               instruction=data["correction_instruction"], seed=seed)
+  return CorrectionDemoEncoder(rows, task, demos)
