@@ -64,29 +64,23 @@ def _eval_rows(workdir: str) -> list[dict]:
 def _sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
   """The held-out figures of a finished run's final model with both attempts sampled."""
   import jax
-  import optax
   from flax import nnx
 
   from configs.score_arithmetic import get_config
-  from selfimprove import data as data_lib
-  from selfimprove import sharding
+  from selfimprove.evaluation import evaluate
   from selfimprove.models.orbax_params import load_orbax_params
-  from selfimprove.run_setup import build_pipeline, build_task, load_records
-  from selfimprove.train import evaluate
+  from selfimprove.run import build_run
 
   config = get_config(_CONFIG.value.partition(":")[2] or "tiny").unlock()
   config.score.update(dict(mode=mode, eval_greedy=False,
                            eval_temperature=_SAMPLED_TEMPERATURE.value))
-  mesh = sharding.make_mesh(-1, 1, 1)
-  model_config, graphdef, params = load_orbax_params(os.path.join(run, "params"), mesh)
-  task = build_task(config, model_config)
-  pipeline = build_pipeline(config, graphdef, optax.identity(), task)
-  _, records = load_records(config, task)
-  batches = data_lib.eval_batches(records, task.encode, config.eval.batch_size)
-  with jax.set_mesh(mesh):
-    return evaluate(jax.jit(pipeline.evaluate), nnx.to_pure_dict(params), batches, mesh,
-                    model_config.sharding_rules, jax.random.key(1000 + seed),
-                    pipeline.eval_metric_names)
+  config.init_from = os.path.join(run, "params")
+  config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
+  built = build_run(config)
+  _, _, params = load_orbax_params(config.init_from, built.mesh, built.rules)
+  with jax.set_mesh(built.mesh):
+    return evaluate(jax.jit(built.pipeline.evaluate), built.pipeline, nnx.to_pure_dict(params),
+                    built.eval_batches, built.mesh, built.rules, jax.random.key(1000 + seed))
 
 
 def _cell(values: list[float]) -> str:

@@ -87,18 +87,21 @@ def test_non_finite_updates_are_skipped_and_stop_the_run(tmp_path):
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params)), "checkpoint must hold finite params"
 
 
-def test_jsonl_source_and_malformed_line(tmp_path):
+def test_jsonl_task_trains_with_its_host_verifier_and_malformed_line_names_it(tmp_path):
+  from configs.sft_jsonl import get_config
   train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
-  train_file.write_text("\n".join(json.dumps({"q": f"{a}+{b}=", "a": str(a + b)})
+  train_file.write_text("\n".join(json.dumps({"q": f"What is {a} plus {b}?", "a": str(a + b)})
                                   for a in range(10, 30) for b in range(10, 12)) + "\n")
-  eval_file.write_text(json.dumps({"q": "12+13=", "a": "25"}) + "\n")
-  overrides = {"data.source": "jsonl", "data.train_path": str(train_file),
-               "data.eval_path": str(eval_file), "data.prompt_field": "q", "data.answer_field": "a"}
-  train_lib.train(make_test_config(**overrides, **{"train.num_steps": 4}), str(tmp_path / "run"))
-  assert read_metrics(str(tmp_path / "run"))[-1]["step"] == 4
+  eval_file.write_text(json.dumps({"q": "What is 12 plus 13?", "a": 25}) + "\n")
+  config = get_config("test").unlock()
+  config.task.update(dict(train_path=str(train_file), eval_path=str(eval_file), prompt_field="q",
+                          answer_field="a"))
+  config.train.num_steps = 4
+  result = train_lib.train(config, str(tmp_path / "run"))
+  assert read_metrics(str(tmp_path / "run"))[-1]["step"] == 4 and result["eval/accuracy"] == 0.0
   eval_file.write_text(json.dumps({"q": "1+1=", "a": "2"}) + "\n{not json\n")
-  with pytest.raises(ValueError, match=r"eval.jsonl:2"):
-    train_lib.train(make_test_config(**overrides), str(tmp_path / "bad"))
+  with pytest.raises(ValueError, match=r"eval.jsonl:2: not valid JSON"):
+    train_lib.train(config, str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -1,9 +1,9 @@
 """SCoRe: two-attempt self-correction RL (Kumar et al. 2024, arXiv 2409.12917) in one jitted step.
 
 Each step samples attempt 1 from the prompt, appends it and a fixed correction
-instruction to the context, samples attempt 2, verifies both with the task's
-in-graph verifier, re-scores both turns under the current and the frozen
-reference policy, and takes one optimizer step on
+instruction to the context, samples attempt 2, verifies both with the run's
+verifier (in-graph, or the task's host function), re-scores both turns under
+the current and the frozen reference policy, and takes one optimizer step on
 
   Stage I  (state.step < stage1_steps):
       PG(turn 2, reward r2)              + beta2 * KL_turn1
@@ -301,9 +301,10 @@ class SCoRe:
 
 
 def build(pieces: RunPieces, settings: dict) -> SCoRe:
-  """SCoRe from the run's pieces; settings = config.score (max_new_tokens defaults to the
-  answer length)."""
-  config = SCoReConfig(**{"max_new_tokens": pieces.answer_len, **settings})
+  """SCoRe from the run's pieces; settings = config.score (max_new_tokens absent or 0: the
+  answer length, i.e. the longest reference answer with its <eos>)."""
+  config = SCoReConfig(**{**settings, "max_new_tokens": settings.get("max_new_tokens") or
+                          pieces.answer_len})
   instruction_ids = pieces.encoder.text_ids(config.correction_instruction,
                                             "correction_instruction")
   return SCoRe(graphdef=pieces.graphdef, optimizer=pieces.optimizer, verifier=pieces.verifier,

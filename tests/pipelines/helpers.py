@@ -4,10 +4,14 @@ import functools
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 
+from selfimprove.encoding import TextEncoder
 from selfimprove.models import Transformer, TransformerConfig
+from selfimprove.pipelines.base import RunPieces
 from selfimprove.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+from selfimprove.verifiers import InGraphVerifier
 
 
 def tiny_model_config(vocab_size: int = 17) -> TransformerConfig:
@@ -31,6 +35,16 @@ def tiny_model(seed: int = 0) -> tuple[nnx.GraphDef, dict]:
 def arithmetic_task() -> ArithmeticTask:
   """Two-digit addition: prompts '<bos>ab+cd=' (7 tokens) and answers of up to 4 tokens."""
   return ArithmeticTask(ArithmeticConfig(min_digits=1, max_digits=2, operations="+"))
+
+
+def run_pieces(task: ArithmeticTask, verifier=None, optimizer=None) -> RunPieces:
+  """The pieces a pipeline is built from, for the tiny model on `task` in its own char ids."""
+  graphdef, _ = tiny_model()
+  verifier = verifier or InGraphVerifier(task.in_graph_verifier(task.tokenizer))
+  return RunPieces(graphdef=graphdef, optimizer=optimizer or optax.adam(1e-2),
+                   encoder=TextEncoder(task.tokenizer), verifier=verifier,
+                   prompt_len=task.prompt_len, answer_len=task.answer_len,
+                   stop_token_ids=(task.tokenizer.eos_id,))
 
 
 def levenshtein(a, b) -> int:

@@ -5,14 +5,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+from selfimprove.pipelines import score
 from selfimprove.pipelines.score import SCoRe, SCoReConfig, score_loss
-from selfimprove.tasks.arithmetic import ArithmeticTask
 from selfimprove.train_state import TrainState
+from selfimprove.verifiers import InGraphVerifier
 from tests.pipelines.helpers import (arithmetic_task, levenshtein, perturbed, real_tokens,
-                                     tiny_model)
+                                     run_pieces, tiny_model)
 
 METRIC_KEYS = ("train/loss", "train/grad_norm", "perf/tokens", "train/stage", "train/reward_t1",
                "train/reward_t2", "train/shaped_reward_t2", "train/delta", "train/kl_t1",
@@ -21,16 +21,14 @@ METRIC_KEYS = ("train/loss", "train/grad_norm", "perf/tokens", "train/stage", "t
 EVAL_NAMES = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "edit_distance", "changed")
 
 
-class ParityTask(ArithmeticTask):
-  """Arithmetic prompts, but reward 1 iff the first completion token id is even.
+def parity_verifier(completion_tokens, completion_mask, batch):
+  """Reward 1 iff the first completion token id is even (arithmetic prompts).
 
   A randomly initialised model gets this right about half the time, so the
   reward terms of the loss are not all zero in the tests.
   """
-
-  def verify(self, completion_tokens, completion_mask, target):
-    del target
-    return (completion_mask[:, 0] & (completion_tokens[:, 0] % 2 == 0)).astype(jnp.float32)
+  del batch
+  return (completion_mask[:, 0] & (completion_tokens[:, 0] % 2 == 0)).astype(jnp.float32)
 
 
 def python_parity(tokens, mask) -> float:
@@ -46,13 +44,10 @@ def k3(logp, ref):
   return np.exp(d) - d - 1
 
 
-def make_pipeline(task, **config) -> SCoRe:
-  graphdef, _ = tiny_model()
-  fields = dict(correction_instruction="=", max_new_tokens=task.answer_len, stage1_steps=2,
-                num_samples_per_prompt=2)
+def make_pipeline(task, verifier=None, **config) -> SCoRe:
+  fields = dict(correction_instruction="=", stage1_steps=2, num_samples_per_prompt=2)
   fields.update(config)
-  return SCoRe(graphdef=graphdef, optimizer=optax.adam(1e-2), task=task,
-               config=SCoReConfig(**fields))
+  return score.build(run_pieces(task, verifier), fields)
 
 
 def make_state(pipeline: SCoRe, params, ref_params) -> TrainState:
@@ -153,8 +148,8 @@ def test_score_loss_baselines_by_hand():
 @pytest.fixture(scope="module")
 def parity_run():
   """A SCoRe pipeline on the parity reward and its jitted step, run for 4 steps (2 per stage)."""
-  task = ParityTask(arithmetic_task().config)
-  pipeline = make_pipeline(task)
+  task = arithmetic_task()
+  pipeline = make_pipeline(task, InGraphVerifier(parity_verifier))
   _, params = tiny_model()
   ref_params = perturbed(params, 0.05, seed=1)     # so both KLs are non-zero
   state = make_state(pipeline, params, ref_params)

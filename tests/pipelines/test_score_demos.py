@@ -3,14 +3,21 @@
 import numpy as np
 import pytest
 
-from selfimprove.correction_demos import CorrectionDemoConfig, CorrectionDemoEncoder
+from selfimprove.encoding import RowEncoder, TextEncoder
 from selfimprove.multiturn import build_turn2_context
+from selfimprove.pipelines.score_demos import CorrectionDemoConfig, CorrectionDemoEncoder
 from selfimprove.tasks import ArithmeticConfig, ArithmeticTask
 
 
 @pytest.fixture(scope="module")
 def task():
   return ArithmeticTask(ArithmeticConfig(min_digits=1, max_digits=2, operations="+-"))
+
+
+def _demos(task, config):
+  rows = RowEncoder(TextEncoder(task.tokenizer), task.prompt_len, task.answer_len,
+                    task.example_arrays)
+  return CorrectionDemoEncoder(rows, task, config)
 
 
 def _text(task, tokens, mask):
@@ -34,12 +41,12 @@ def test_wrong_answers_are_one_digit_off_and_never_right(task):
 
 def test_demo_rows_match_the_turn2_context_scores_builds(task):
   """A demo row's prompt is SCoRe's [x, y1, p] with the padding holes removed."""
-  encode = CorrectionDemoEncoder(task, CorrectionDemoConfig(fraction=1.0, wrong_draft_fraction=0.5,
-                                                            instruction="="))
+  encode = _demos(task, CorrectionDemoConfig(fraction=1.0, wrong_draft_fraction=0.5,
+                                             instruction="="))
   assert encode.prompt_len == task.prompt_len + task.answer_len + 1
   kinds = set()
-  for record in task.examples("train")[:64]:
-    row = encode(record)
+  for index, record in enumerate(task.examples("train")[:64]):
+    row = encode((index, record))
     draft = encode.draft(record)
     kinds.add(draft == record["answer"])
     assert row["prompt_tokens"].shape == row["prompt_mask"].shape == (encode.prompt_len,)
@@ -61,18 +68,18 @@ def test_demo_rows_match_the_turn2_context_scores_builds(task):
 def test_fraction_and_determinism(task):
   records = task.examples("train")[:2000]
   config = CorrectionDemoConfig(fraction=0.3, wrong_draft_fraction=0.5, instruction="=", seed=3)
-  drafts = [CorrectionDemoEncoder(task, config).draft(r) for r in records]
-  assert drafts == [CorrectionDemoEncoder(task, config).draft(r) for r in records]
+  drafts = [_demos(task, config).draft(r) for r in records]
+  assert drafts == [_demos(task, config).draft(r) for r in records]
   demos = [d for d in drafts if d is not None]
   assert abs(len(demos) / len(records) - 0.3) < 0.04
   wrong = sum(d != r["answer"] for d, r in zip(drafts, records) if d is not None)
   assert abs(wrong / len(demos) - 0.5) < 0.06
   other_seed = CorrectionDemoConfig(fraction=0.3, wrong_draft_fraction=0.5, instruction="=", seed=4)
-  assert drafts != [CorrectionDemoEncoder(task, other_seed).draft(r) for r in records]
+  assert drafts != [_demos(task, other_seed).draft(r) for r in records]
   # Single-turn rows keep their prompt, left-padded to the common length.
-  encode = CorrectionDemoEncoder(task, config)
+  encode = _demos(task, config)
   record = records[drafts.index(None)]
-  row = encode(record)
+  row = encode((drafts.index(None), record))
   assert _text(task, row["prompt_tokens"], row["prompt_mask"]) == f"<bos>{record['prompt']}"
 
 
