@@ -47,8 +47,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   del argv
   import jax  # after flag parsing, so a bad flag never waits for backend start-up
-  from selfimprove.config_checks import ConfigError
+  from selfimprove.config_checks import ConfigError, DataError
   from selfimprove.train import train_with_warm_start
+  from selfimprove.verifiers import HostVerifierError
 
   if not flags.FLAGS["verbosity"].present:
     # Orbax logs every save step at INFO; keep the console to the progress bar and warnings.
@@ -59,8 +60,12 @@ def main(argv):
   try:
     result = train_with_warm_start(_CONFIG.value, _WORKDIR.value)
   except ConfigError as error:
-    print(f"Config error: {error}", file=sys.stderr)
+    kind = "Data" if isinstance(error, DataError) else "Config"
+    print(f"{kind} error: {error}", file=sys.stderr)
     sys.exit(2)
+  except HostVerifierError as error:   # the user's verifier raised: a fault, not a config mistake
+    print(f"Host verifier error: {error}", file=sys.stderr)
+    sys.exit(1)
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 

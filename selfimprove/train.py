@@ -153,8 +153,9 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
   num_steps, steps_per_call = train_config.num_steps, train_config.steps_per_call
   # A fresh start (-1) clears every record an earlier, uncheckpointed attempt left, step 0 included.
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step if resumed else -1)
-  progress = metrics_lib.ProgressBar(num_steps, initial_step=start_step, keys=(
-      ("train/loss",) + tuple(f"eval/{n}" for n in run.pipeline.eval_metric_names)))
+  shown = getattr(run.pipeline, "eval_summary_names", run.pipeline.eval_metric_names)
+  progress = metrics_lib.ProgressBar(num_steps, initial_step=start_step,
+                                     keys=("train/loss",) + tuple(f"eval/{n}" for n in shown))
   stop_marker = os.path.join(workdir, STOP_MARKER)
   # A run that met its stop rule is finished: relaunching it only re-exports and summarises.
   stopped_early = resumed and os.path.exists(stop_marker)

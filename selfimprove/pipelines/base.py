@@ -83,7 +83,8 @@ class Pipeline(Protocol):
   # Optional: `summarize_eval(values) -> {name: float}` over ALL eval examples at once
   # ({name: [num_examples]} arrays, padding rows removed), for figures that are not means
   # (AUROC, calibration error, pass@k). Without it, each name's mean is logged. The
-  # trainer logs each returned name as eval/<name>.
+  # trainer logs each returned name as eval/<name>; a pipeline with a summary may name the
+  # ones the progress bar shows in `eval_summary_names`.
 
 
 def mean_summary(values: Mapping[str, np.ndarray]) -> dict[str, float]:
