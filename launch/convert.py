@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from selfimprove.models.hf import load_hf, read_hf_config, save_hf  # noqa: E402
 from selfimprove.models.orbax_params import (load_orbax_params, read_orbax_metadata,  # noqa: E402
                                              save_orbax_params)
-from selfimprove.run_tokenizer import SAVED_DIR, SPEC_FILE, copy_hf_tokenizer_files  # noqa: E402
+from selfimprove.run_tokenizer import (SAVED_DIR, SPEC_FILE, copy_hf_tokenizer_files,  # noqa: E402
+                                       has_tokenizer)
 
 _TO = flags.DEFINE_enum("to", "orbax", ["orbax", "hf"], "Direction of the conversion.")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model folder (read or written).",
@@ -46,14 +47,15 @@ def hf_to_orbax(hf_dir: str, orbax_dir: str, dtype: str | None = None) -> None:
   config, _, params = load_hf(hf_dir, dtype=dtype)
   save_orbax_params(orbax_dir, config, params,
                     metadata={"hf_family": family, "hf_config": hf_config})
-  copy_hf_tokenizer_files(hf_dir, os.path.join(orbax_dir, SAVED_DIR))
+  if has_tokenizer(hf_dir):
+    copy_hf_tokenizer_files(hf_dir, os.path.join(orbax_dir, SAVED_DIR))
 
 
 def orbax_to_hf(orbax_dir: str, hf_dir: str, tokenizer_dir: str | None = None) -> None:
   """Exports an Orbax params checkpoint as an HF folder (LoRA merged)."""
   metadata = read_orbax_metadata(orbax_dir)
   saved = os.path.join(orbax_dir, SAVED_DIR)
-  if tokenizer_dir is None and os.path.isdir(saved) and not os.path.exists(
+  if tokenizer_dir is None and has_tokenizer(saved) and not os.path.exists(
       os.path.join(saved, SPEC_FILE)):
     tokenizer_dir = saved
   config, _, params = load_orbax_params(orbax_dir)

@@ -59,9 +59,15 @@ class TokenizerSpec:
       raise ValueError("system_prompt is only used with chat_template=True.")
 
 
+def has_tokenizer(folder: str) -> bool:
+  """Whether `folder` holds a tokenizer: ours (SPEC_FILE) or a Hugging Face one."""
+  return any(os.path.exists(os.path.join(folder, name))
+             for name in (SPEC_FILE, "tokenizer.json", "tokenizer.model"))
+
+
 def _saved_folder(init_from: str) -> str | None:
   folder = os.path.join(init_from, SAVED_DIR) if init_from else ""
-  return folder if folder and os.path.isdir(folder) else None
+  return folder if folder and has_tokenizer(folder) else None
 
 
 def _load_saved(folder: str) -> Tokenizer:

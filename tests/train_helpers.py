@@ -27,12 +27,12 @@ def make_test_config(**overrides):
   return config.lock()
 
 
-def launch(workdir, *flags, env=None, wait=True, single_device=True):
-  """Runs launch/train.py on the `test` preset in a subprocess."""
+def launch(workdir, *flags, env=None, wait=True, single_device=True, config=CONFIG):
+  """Runs launch/train.py on the `test` preset of `config` in a subprocess."""
   env = dict(os.environ if env is None else env)
   env.pop("XLA_FLAGS", None) if single_device else None
   env["PYTHONPATH"] = ROOT
-  command = [sys.executable, TRAIN, f"--config={CONFIG}:test", f"--workdir={workdir}", *flags]
+  command = [sys.executable, TRAIN, f"--config={config}:test", f"--workdir={workdir}", *flags]
   if not wait:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

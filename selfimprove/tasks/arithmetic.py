@@ -387,6 +387,12 @@ class ArithmeticTask:
       raise ValueError(f"answer {target!r} is not an integer (the arithmetic task's verifier "
                        f"compares integers).") from None
 
+  def in_graph_generator(self, tokenizer: Tokenizer):
+    """`generate` when `tokenizer` writes this task's text with the same ids, else None."""
+    if not isinstance(tokenizer, CharTokenizer) or tokenizer.alphabet != ALPHABET:
+      return None
+    return self.generate
+
   def in_graph_verifier(self, tokenizer: Tokenizer):
     """A jnp verifier in `tokenizer`'s ids when it has one token per character, else None."""
     if not isinstance(tokenizer, (CharTokenizer, ByteTokenizer)):

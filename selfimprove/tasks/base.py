@@ -59,6 +59,10 @@ class Task(Protocol):
     """A jnp verifier for completions in `tokenizer`'s ids, or None if it cannot read them."""
     ...
 
+  # Optional: `in_graph_generator(tokenizer) -> fn(rng, batch_size) -> rows | None`, fresh
+  # training rows drawn inside jit (the row layout of selfimprove/encoding.py, without
+  # record_id: such rows suit in-graph verifiers only), or None for a tokenizer it cannot write.
+
 
 def describe_example(example: dict, index: int, split: str) -> str:
   """Where an example came from, for error messages: its "source" (file:line) or split and index."""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from selfimprove.tasks import ArithmeticConfig, ArithmeticTask
+from selfimprove.tokenizers import CharTokenizer
 
 ALL_OPS = ArithmeticConfig(min_digits=2, max_digits=2, operations="+-*")
 
@@ -189,6 +190,23 @@ def test_generate_under_jit_yields_only_training_problems(task):
   # The key decides the batch.
   np.testing.assert_array_equal(generate(jax.random.key(0), 20_000)["target"], batch["target"])
   assert not np.array_equal(generate(jax.random.key(1), 20_000)["target"], batch["target"])
+
+
+def test_in_graph_generator_writes_the_runs_rows_for_its_own_tokenizer_only(task):
+  from selfimprove.encoding import RowEncoder, TextEncoder
+  from selfimprove.tokenizers import ByteTokenizer
+  run_tokenizer = CharTokenizer(task.alphabet)   # what config.tokenizer kind="auto" builds
+  generate = task.in_graph_generator(run_tokenizer)
+  assert task.in_graph_generator(ByteTokenizer()) is None
+  assert task.in_graph_generator(CharTokenizer(task.alphabet + "x")) is None
+  batch = jax.device_get(jax.jit(generate, static_argnums=1)(jax.random.key(5), 64))
+  rows = RowEncoder(TextEncoder(run_tokenizer), task.prompt_len, task.answer_len,
+                    task.example_arrays)
+  for i in range(64):
+    prompt = run_tokenizer.decode(batch["prompt_tokens"][i])
+    row = rows((0, {"prompt": prompt, "answer": str(batch["target"][i])}))
+    for key in batch:
+      np.testing.assert_array_equal(batch[key][i], row[key], err_msg=f"{key} of {prompt}")
 
 
 def test_generate_with_mostly_held_out_problems_uses_only_training_ones():
