@@ -30,24 +30,45 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with config-field mistakes reported in one line instead of a traceback."""
+  """absl flag parsing, with config-file and config-field mistakes in one line, not a traceback."""
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:
     # ml_collections reports an unknown field as KeyError/AttributeError("'name'\nDid you mean ...").
     message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
     bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    print(f"Config error: unknown field in {' '.join(bad) or 'the config'}: {message}", file=sys.stderr)
-    sys.exit(2)
+    _config_error(f"unknown field in {' '.join(bad) or 'the config'}: {message}")
   except flags.Error as error:
-    print(f"Config error: {error}", file=sys.stderr)
-    sys.exit(2)
+    message = str(error)
+    if "Traceback" in message:   # the config file's own exception: its last line says what
+      lines = [line.strip() for line in message.splitlines() if line.strip()]
+      given = [a for a in argv[1:] if a.startswith("--config=")]
+      message = f"{given[-1] if given else '--config'}: {lines[-1]}"
+    _config_error(message)
+  try:
+    # Load the config file now: a missing file or a bad preset is a config error. (A file that
+    # cannot be read comes back as a placeholder that raises on first use.)
+    _CONFIG.value.to_dict()
+  except Exception as error:  # noqa: BLE001 - whatever the user's config file raises
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[-1] if lines else type(error).__name__
+    if "Errno 2" in detail:
+      detail = "no such config file."
+    _config_error(f"--config={flags.FLAGS['config'].serialize().partition('=')[2] or '?'}: "
+                  f"{detail}")
+  return remaining
+
+
+def _config_error(message: str) -> None:
+  print(f"Config error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv):
   del argv
   import jax  # after flag parsing, so a bad flag never waits for backend start-up
   from selfimprove.config_checks import ConfigError, DataError
+  from selfimprove.preemption import Preemption
   from selfimprove.train import train_with_warm_start
   from selfimprove.verifiers import HostVerifierError
 
@@ -58,13 +79,17 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   try:
-    result = train_with_warm_start(_CONFIG.value, _WORKDIR.value)
+    with Preemption():   # SIGTERM at any point: checkpoint (if anything trained) and exit 0
+      result = train_with_warm_start(_CONFIG.value, _WORKDIR.value)
   except ConfigError as error:
     kind = "Data" if isinstance(error, DataError) else "Config"
     print(f"{kind} error: {error}", file=sys.stderr)
     sys.exit(2)
   except HostVerifierError as error:   # the user's verifier raised: a fault, not a config mistake
     print(f"Host verifier error: {error}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as error:   # disk full, a file removed under us, ...: a fault, named in one line
+    print(f"Error: {error}", file=sys.stderr)
     sys.exit(1)
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 

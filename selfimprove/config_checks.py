@@ -80,7 +80,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config.init_from={config.init_from!r}: not a saved model (no model_config.json); "
         f"expected a finished run's DIR/params or launch/convert.py output.")
+  _check_typed_sections(config)
   for field in ("max_prompt_len", "max_answer_len"):
     if config.data[field] < 0:
       raise ConfigError(f"config.data.{field}={config.data[field]}: expected >= 0 "
                         f"(0 = the longest in the data).")
+
+
+def _check_typed_sections(config: ml_collections.ConfigDict) -> None:
+  """The optimizer and model sections build their typed configs (their checks name the field)."""
+  from selfimprove.models import TransformerConfig
+  from selfimprove.optim import OptimizerConfig
+
+  try:
+    OptimizerConfig(**config.optimizer)
+  except (TypeError, ValueError) as error:
+    message = str(error)
+    raise ConfigError(f"config.{message}" if message.startswith("optimizer.") else
+                      f"config.optimizer: {message}") from None
+  if not config.init_from:   # else the saved model's architecture applies (checked when read)
+    try:
+      TransformerConfig(**config.model.to_dict())
+    except (TypeError, ValueError) as error:
+      raise ConfigError(f"config.model: {error}") from None

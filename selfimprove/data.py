@@ -22,6 +22,8 @@ import grain
 import jax
 import numpy as np
 
+from selfimprove.problems import Problems
+
 
 def read_jsonl(path: str, fields: Mapping[str, str], *, keep_all: bool = False) -> list[dict]:
   """Reads one JSON object per line, keeping `fields` under our names.
@@ -38,34 +40,40 @@ def read_jsonl(path: str, fields: Mapping[str, str], *, keep_all: bool = False) 
 
   Raises:
     ValueError: "{path}:{line}: ..." for a line that is not UTF-8, not valid
-      JSON, not an object, or lacks a field (line numbers are 1-based).
+      JSON, not an object, or lacks a field (line numbers are 1-based); with
+      several bad lines, all of them (up to 20) in one message.
   """
-  records = []
+  records, problems = [], Problems()
   with open(path, "rb") as f:
     for line_number, raw in enumerate(f, start=1):
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{line_number}: not UTF-8 text (byte {raw[e.start]:#04x} at "
-                         f"column {e.start + 1}).") from None
+        problems.add(f"{path}:{line_number}: not UTF-8 text (byte {raw[e.start]:#04x} at "
+                     f"column {e.start + 1}).")
+        continue
       if not line.strip():
         continue
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg} at column {e.colno}): "
-                         f"{line.strip()[:80]!r}") from None
+        problems.add(f"{path}:{line_number}: not valid JSON ({e.msg} at column {e.colno}): "
+                     f"{line.strip()[:80]!r}")
+        continue
       if not isinstance(obj, dict):
-        raise ValueError(f"{path}:{line_number}: expected a JSON object, got "
-                         f"{type(obj).__name__}: {line.strip()[:80]!r}")
+        problems.add(f"{path}:{line_number}: expected a JSON object, got "
+                     f"{type(obj).__name__}: {line.strip()[:80]!r}")
+        continue
+      missing = [(ours, theirs) for ours, theirs in fields.items() if theirs not in obj]
+      for ours, theirs in missing:
+        problems.add(f"{path}:{line_number}: missing field {theirs!r} (read as {ours!r}); the "
+                     f"line has fields {sorted(obj)}.")
+      if missing:
+        continue
       record = dict(obj, source=f"{path}:{line_number}") if keep_all else {}
-      for ours, theirs in fields.items():
-        if theirs not in obj:
-          raise ValueError(
-              f"{path}:{line_number}: missing field {theirs!r} (read as {ours!r}); the line has "
-              f"fields {sorted(obj)}.")
-        record[ours] = obj[theirs]
+      record.update({ours: obj[theirs] for ours, theirs in fields.items()})
       records.append(record)
+  problems.raise_if_any()
   return records
 
 

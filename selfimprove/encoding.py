@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from selfimprove.problems import Problems
 from selfimprove.tasks.base import describe_example
 from selfimprove.tokenizers import Tokenizer
 
@@ -102,9 +103,10 @@ def measure_lengths(encoder: TextEncoder, examples_by_split: dict[str, Sequence[
                     max_prompt_len: int, max_answer_len: int) -> tuple[int, int]:
   """(prompt_len, answer_len) for the batches: the configured maxima, or the data's longest (0).
 
-  Encodes every example once; an example that cannot be encoded or is longer
-  than a configured maximum raises a ValueError naming it (file:line for JSONL).
+  Encodes every example once; examples that cannot be encoded or are longer
+  than a configured maximum raise one ValueError naming each (file:line for JSONL).
   """
+  problems = Problems()
   longest = {"prompt": 0, "answer": 0}
   limits = {"prompt": max_prompt_len, "answer": max_answer_len}
   fields = {"prompt": "max_prompt_len", "answer": "max_answer_len"}
@@ -114,13 +116,15 @@ def measure_lengths(encoder: TextEncoder, examples_by_split: dict[str, Sequence[
         try:
           length = len(ids_of(example[part]))
         except ValueError as error:
-          raise ValueError(f"{describe_example(example, index, split)}: {part}: {error}") from None
+          problems.add(f"{describe_example(example, index, split)}: {part}: {error}")
+          continue
         if limits[part] and length > limits[part]:
-          raise ValueError(
+          problems.add(
               f"{describe_example(example, index, split)}: the {part} is {length} tokens, more "
               f"than config.data.{fields[part]}={limits[part]}; raise it (0 = the longest in the "
               f"data) or shorten the {part}.")
         longest[part] = max(longest[part], length)
+  problems.raise_if_any()
   return limits["prompt"] or longest["prompt"], limits["answer"] or longest["answer"]
 
 

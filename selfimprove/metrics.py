@@ -4,6 +4,12 @@
 "train/loss": 0.5, ...}`, and is the source of truth for plots and summaries;
 `workdir/tb/` holds the same scalars as TensorBoard event files (written with
 tensorboardX, so TensorFlow is not needed). Only JAX process 0 writes or prints.
+
+Faults lose nothing that was written: the writer recreates metrics.jsonl if it
+is deleted or rotated mid-run, the resume rewrite goes through a temporary file
+(fsync, then an atomic rename; a stale one from a crashed attempt is removed on
+relaunch), readers skip a line cut short by a kill or a full disk with a
+warning, and plotting or summarising problems are warnings, never a failed run.
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import sys
 import time
 from typing import IO, Any, Mapping, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
+# The resume rewrite's temporary, beside the metrics file; one left by a crashed attempt
+# (e.g. 0 bytes after a full disk) is removed when the next MetricsWriter is constructed.
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def _json_value(key: str, value: Any) -> float | str | None:
@@ -36,9 +46,40 @@ def _json_value(key: str, value: Any) -> float | str | None:
   return number if math.isfinite(number) else None
 
 
+def _remove_stale_temporary(path: str) -> None:
+  """Removes `path + TEMPORARY_SUFFIX` left by an earlier attempt that died mid-rewrite."""
+  temporary = path + TEMPORARY_SUFFIX
+  try:
+    os.remove(temporary)
+  except FileNotFoundError:
+    return
+  logging.warning("Removed %s, a stale temporary left by an earlier attempt "
+                  "(%s itself was never modified in place).", temporary, path)
+
+
+def _fsync_directory(directory: str) -> None:
+  """Makes a rename inside `directory` durable (best effort: not every OS/filesystem allows it)."""
+  try:
+    descriptor = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(descriptor)
+  except OSError:
+    pass
+  finally:
+    os.close(descriptor)
+
+
 def _drop_steps_after(path: str, resume_step: int) -> None:
-  """Rewrites a metrics file keeping only records with step <= resume_step (atomically)."""
-  with open(path, encoding="utf-8") as f:
+  """Rewrites a metrics file keeping only records with step <= resume_step.
+
+  The kept lines go to `path + TEMPORARY_SUFFIX`, which is fsynced and then
+  renamed over `path` (atomic): a crash or a full disk at any point leaves
+  either the old file or the new one, never a truncated mix. If writing the
+  temporary fails, it is removed and the original file is left untouched.
+  """
+  with open(path, encoding="utf-8", errors="replace") as f:
     lines = f.readlines()
   kept = []
   for line in lines:
@@ -49,10 +90,51 @@ def _drop_steps_after(path: str, resume_step: int) -> None:
     if isinstance(record, dict) and isinstance(record.get("step"), int) and \
         record["step"] <= resume_step:
       kept.append(line if line.endswith("\n") else line + "\n")
-  temporary = path + ".tmp"
-  with open(temporary, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(temporary, path)
+  temporary = path + TEMPORARY_SUFFIX
+  try:
+    with open(temporary, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except OSError as e:
+    try:
+      os.remove(temporary)
+    except OSError:
+      pass
+    message = (f"Could not drop the records after step {resume_step} from {path} (writing "
+               f"{temporary}: {e.strerror or e}); {path} is unchanged. Free disk space in "
+               f"{os.path.dirname(path) or '.'} and relaunch.")
+    raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
+  _fsync_directory(os.path.dirname(path) or ".")
+
+
+def _ends_mid_line(path: str) -> bool:
+  """Whether `path` exists, is non-empty and does not end with a newline (a cut-short record)."""
+  try:
+    with open(path, "rb") as f:
+      if f.seek(0, os.SEEK_END) == 0:
+        return False
+      f.seek(-1, os.SEEK_END)
+      return f.read(1) != b"\n"
+  except FileNotFoundError:
+    return False
+
+
+def _open_for_append(path: str) -> IO[str]:
+  """Opens `path` for appending (creating it and its directory), starting on a fresh line.
+
+  If the file ends in a record cut short by a kill or a full disk, a newline is
+  written first, so the next record is not glued onto the broken one (readers
+  then skip just the broken line).
+  """
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  ends_mid_line = _ends_mid_line(path)
+  file = open(path, "a", encoding="utf-8")
+  if ends_mid_line:
+    file.write("\n")
+    file.flush()
+  return file
 
 
 class MetricsWriter:
@@ -63,6 +145,11 @@ class MetricsWriter:
   JSONL file and purged from TensorBoard, so the resumed curve has no
   duplicates. Pass 0 on a fresh start to clear stale records from an earlier
   run in the same workdir. On JAX processes other than 0 every method is a no-op.
+
+  If metrics.jsonl is deleted or renamed while the writer is open (`rm`, log
+  rotation), the next `write` notices (the path is gone or is another file)
+  and reopens it at the original path, so later records are not lost into an
+  unlinked or renamed file.
   """
 
   def __init__(self, workdir: str, *, resume_step: int | None = None, tensorboard: bool = True):
@@ -72,10 +159,13 @@ class MetricsWriter:
     self._tensorboard = None
     if jax.process_index() != 0:
       return
+    # First of all: a temporary from an attempt that died mid-rewrite is garbage (the rewrite
+    # renames it over the metrics file only once it is complete and fsynced).
+    _remove_stale_temporary(self.path)
     os.makedirs(workdir, exist_ok=True)
     if resume_step is not None and os.path.exists(self.path):
       _drop_steps_after(self.path, resume_step)
-    self._file = open(self.path, "a", encoding="utf-8")
+    self._file = _open_for_append(self.path)
     if tensorboard:
       from tensorboardX import SummaryWriter    # imported here: only process 0 needs it
       self._tensorboard = SummaryWriter(
@@ -94,6 +184,7 @@ class MetricsWriter:
       raise ValueError("MetricsWriter.write: 'step' is reserved; pass it as the step argument.")
     record = {"step": int(step)}
     record.update({key: _json_value(key, value) for key, value in metrics.items()})
+    self._reopen_if_moved()
     self._file.write(json.dumps(record, allow_nan=False) + "\n")
     self._file.flush()
     if self._tensorboard is not None:
@@ -103,6 +194,30 @@ class MetricsWriter:
         else:
           self._tensorboard.add_scalar(key, float(np.asarray(value).reshape(())), int(step))
       self._tensorboard.flush()
+
+  def _reopen_if_moved(self) -> None:
+    """Reopens the metrics file at `self.path` if it was deleted or renamed since it was opened.
+
+    Compares the path's inode/device with the open file's: a missing path (rm)
+    or a different file (mv + a new file, log rotation) means the open file no
+    longer is `self.path`. A file truncated in place keeps its inode and needs
+    nothing: append mode writes at its new end.
+    """
+    opened = os.fstat(self._file.fileno())
+    try:
+      on_disk = os.stat(self.path)
+    except FileNotFoundError:
+      on_disk = None
+    if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (opened.st_ino, opened.st_dev):
+      return
+    logging.warning("%s was %s while the run was writing it; recreating it there and appending "
+                    "from the next record on.", self.path,
+                    "deleted or renamed" if on_disk is None else "replaced by another file")
+    try:
+      self._file.close()
+    except OSError:
+      pass      # the old file is no longer ours to care about
+    self._file = _open_for_append(self.path)
 
   def close(self) -> None:
     """Flushes and closes the files (safe to call twice)."""
@@ -202,11 +317,16 @@ class ProgressBar:
 def read_metrics(workdir: str) -> list[dict]:
   """All records of `workdir/metrics.jsonl`, in file order.
 
-  A malformed last line (cut short by a killed run) is skipped; a malformed
-  line elsewhere raises a ValueError naming the file and line.
+  A line that is not valid JSON (cut short by a killed run or a full disk, or
+  garbage such as NUL bytes after a crash) is skipped with one warning naming
+  the file and line; a valid JSON line that is not an object with a 'step'
+  field raises a ValueError naming the file and line. A missing file raises
+  FileNotFoundError.
   """
   path = os.path.join(workdir, METRICS_FILE)
-  with open(path, encoding="utf-8") as f:
+  # errors="replace": bytes that are not UTF-8 (a torn write) make that line invalid JSON
+  # instead of failing the whole read.
+  with open(path, encoding="utf-8", errors="replace") as f:
     lines = f.readlines()
   records = []
   for line_number, line in enumerate(lines, start=1):
@@ -215,9 +335,9 @@ def read_metrics(workdir: str) -> list[dict]:
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      if line_number == len(lines):
-        break
-      raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg}).") from None
+      logging.warning("%s:%d: skipping a line that is not valid JSON (%s; a record cut short "
+                      "by a killed run or a full disk?).", path, line_number, e.msg)
+      continue
     if not isinstance(record, dict) or "step" not in record:
       raise ValueError(f"{path}:{line_number}: expected a JSON object with a 'step' field.")
     records.append(record)
@@ -240,25 +360,49 @@ def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_metrics(workdir: str, keys: Sequence[str] | None = None,
-                 filename: str = "curves.png") -> str:
+                 filename: str = "curves.png") -> str | None:
   """Plots metrics against step, one subplot per key, to `workdir/filename`; returns the path.
 
   Default keys: every numeric metric in metrics.jsonl. Uses matplotlib's Agg
   canvas directly (no pyplot), so no display is needed and no global backend
   is changed.
+
+  A plot is never worth a failed run: if metrics.jsonl is missing, unreadable
+  or has nothing to plot, or matplotlib fails (not installed, disk full), this
+  logs a warning naming the file and returns None. Requested keys with no
+  numeric value are left out with a warning.
   """
+  metrics_path = os.path.join(workdir, METRICS_FILE)
+  try:
+    records = read_metrics(workdir)
+  except (OSError, ValueError) as e:
+    logging.warning("plot_metrics: no plot, could not read %s: %s", metrics_path, e)
+    return None
+  available = _numeric_keys(records)
+  keys = available if keys is None else list(keys)
+  missing = [key for key in keys if key not in available]
+  if missing:
+    logging.warning("plot_metrics: %s has no numeric values of %s; plotting the rest. "
+                    "Available: %s.", metrics_path, missing, available)
+    keys = [key for key in keys if key in available]
+  if not keys:
+    logging.warning("plot_metrics: no plot, %s has no numeric metrics to plot.", metrics_path)
+    return None
+  path = os.path.join(workdir, filename)
+  try:
+    _draw(records, keys, path)
+  except Exception as e:    # matplotlib's failures have no common type; none may fail the run
+    logging.warning("plot_metrics: could not draw %s from %s: %s: %s",
+                    path, metrics_path, type(e).__name__, e)
+    return None
+  return path
+
+
+def _draw(records: Sequence[dict], keys: Sequence[str], path: str) -> None:
+  """Draws one subplot per key (a grid of up to 3 columns) and saves the figure as `path`."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  records = read_metrics(workdir)
-  available = _numeric_keys(records)
-  keys = available if keys is None else list(keys)
-  if not keys:
-    raise ValueError(f"plot_metrics: {os.path.join(workdir, METRICS_FILE)} has no numeric metrics.")
-  for key in keys:
-    if key not in available:
-      raise ValueError(f"plot_metrics: no numeric metric {key!r} in {workdir}; "
-                       f"available: {available}.")
   columns = min(3, len(keys))
   rows = math.ceil(len(keys) / columns)
   figure = Figure(figsize=(4.5 * columns, 3.2 * rows), layout="constrained")
@@ -270,9 +414,7 @@ def plot_metrics(workdir: str, keys: Sequence[str] | None = None,
     axes.set_title(key)
     axes.set_xlabel("step")
     axes.grid(alpha=0.3)
-  path = os.path.join(workdir, filename)
   figure.savefig(path, dpi=100)
-  return path
 
 
 def _lower_is_better(key: str) -> bool:
@@ -284,10 +426,32 @@ def summarize(workdir: str) -> str:
 
   "Best" is the minimum for metrics named like a loss/error/perplexity/kl and
   the maximum otherwise (accuracy, reward, ...).
+
+  Never raises: if metrics.jsonl is missing, unreadable or empty, or the
+  summary cannot be built from it, this logs a warning naming the file and
+  returns a one-line explanation instead.
   """
-  records = read_metrics(workdir)
+  path = os.path.join(workdir, METRICS_FILE)
+  try:
+    records = read_metrics(workdir)
+  except FileNotFoundError:
+    logging.warning("summarize: %s does not exist; no summary.", path)
+    return f"No summary: {path} does not exist."
+  except (OSError, ValueError) as e:
+    logging.warning("summarize: could not read %s: %s", path, e)
+    return f"No summary: could not read {path} ({e})."
   if not records:
-    return f"No metrics logged in {workdir}."
+    logging.warning("summarize: %s holds no metrics; no summary.", path)
+    return f"No metrics logged in {path}."
+  try:
+    return _summary_lines(workdir, records)
+  except Exception as e:    # e.g. a hand-edited non-integer step: not worth a failed run
+    logging.warning("summarize: could not summarize %s: %s: %s", path, type(e).__name__, e)
+    return f"No summary: could not summarize {path} ({type(e).__name__}: {e})."
+
+
+def _summary_lines(workdir: str, records: Sequence[dict]) -> str:
+  """The summary text of `summarize` from a non-empty list of records."""
   lines = [f"Run summary ({workdir}): {max(r['step'] for r in records)} steps"]
   steps, losses = _series(records, "train/loss")
   if losses:

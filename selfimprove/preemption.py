@@ -17,12 +17,28 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
+_requested = False   # process-wide: a SIGTERM before the loop (or between stages) counts too
+
+
+def requested() -> bool:
+  """Whether this process has received SIGTERM (while a `Preemption` handler was installed)."""
+  return _requested
+
+
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks after each compiled call."""
+  """Turns SIGTERM into a flag the loop checks after each compiled call.
+
+  Install it around the whole launch (launch/train.py does) and again around the
+  loop: a SIGTERM during set-up, compilation or between a warm start and its main
+  stage is then remembered, and the run checkpoints and exits 0 at the next chance.
+  """
 
   def __init__(self):
-    self.requested = False
     self._previous = None
+
+  @property
+  def requested(self) -> bool:
+    return _requested
 
   def __enter__(self):
     try:
@@ -33,8 +49,9 @@ class Preemption:
 
   def _handle(self, signum, frame):
     del signum, frame
+    global _requested
     logging.warning("SIGTERM received: finishing the current step, then checkpointing.")
-    self.requested = True
+    _requested = True
 
   def __exit__(self, *exc):
     if self._previous is not None:

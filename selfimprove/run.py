@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from selfimprove import data as data_lib
-from selfimprove import run_setup, sharding
+from selfimprove import run_identity, run_setup, sharding
 from selfimprove.models import Transformer, TransformerConfig
 from selfimprove.optim import OptimizerConfig, make_optimizer, make_schedule, train_only
 from selfimprove.pipelines.base import Pipeline
@@ -48,6 +48,7 @@ class Run:
   state_shardings: TrainState
   iterator: Any                       # Grain iterator of this process's rows, resumable
   eval_batches: list[dict]
+  identity: dict                      # what defines the run, saved with every checkpoint
 
   @property
   def rules(self):
@@ -115,7 +116,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
             optimizer=optimizer, schedule=make_schedule(optimizer_config, num_steps),
             grad_accum_steps=optimizer_config.grad_accum_steps, tokenizer=tokenizer, data=data,
             verifier=verifier, pipeline=pipeline, abstract_state=None, state_shardings=None,
-            iterator=None, eval_batches=[])
+            iterator=None, eval_batches=[], identity=run_identity.run_identity(
+                config, run_identity.fingerprint_examples(data.records)))
   run.abstract_state = jax.eval_shape(lambda: run.state_from(run.fresh_params()))
   run.state_shardings = _state_shardings(run.abstract_state, param_shardings, pipeline, optimizer,
                                          mesh)

@@ -23,7 +23,8 @@ from selfimprove.models import TransformerConfig
 from selfimprove.models.orbax_params import read_orbax_metadata
 from selfimprove.pipelines.base import Pipeline, RunPieces
 from selfimprove.run_tokenizer import TokenizerSpec, build_tokenizer, stop_token_ids
-from selfimprove.tasks.base import Task, check_examples, describe_example
+from selfimprove.problems import Problems
+from selfimprove.tasks.base import SPLITS, Task, check_examples, describe_example
 from selfimprove.tokenizers import Tokenizer
 from selfimprove.verifiers import HostVerifier, InGraphVerifier
 
@@ -99,14 +100,24 @@ class RunData:
     return [example for _, example in self.train] + [example for _, example in self.eval]
 
 
+def _raise_data_problems(problems: Problems) -> None:
+  try:
+    problems.raise_if_any()
+  except ValueError as error:
+    raise DataError(str(error)) from None
+
+
 def build_data(config: ml_collections.ConfigDict, task: Task, tokenizer: Tokenizer) -> RunData:
   """Reads the task's examples, measures and checks them, and builds the row encoders."""
-  name = config.task.name
-  try:
-    train = check_examples(task.examples("train"), "train", name)
-    evals = check_examples(task.examples("eval"), "eval", name)
-  except ValueError as error:
-    raise DataError(f"config.task (name={name!r}): {error}") from None
+  name, problems = config.task.name, Problems()
+  examples: dict[str, list[dict]] = {}
+  for split in SPLITS:   # both files' problems are reported together
+    try:
+      examples[split] = check_examples(task.examples(split), split, name)
+    except ValueError as error:
+      problems.add(str(error))
+  _raise_data_problems(problems)
+  train, evals = examples["train"], examples["eval"]
   if config.eval.num_examples > 0:
     evals = evals[:config.eval.num_examples]
   spec = config.tokenizer
@@ -117,13 +128,14 @@ def build_data(config: ml_collections.ConfigDict, task: Task, tokenizer: Tokeniz
         encoder, {"train": train, "eval": evals}, config.data.max_prompt_len,
         config.data.max_answer_len)
   except ValueError as error:
-    raise DataError(str(error)) from None
-  for split, examples in (("train", train), ("eval", evals)):
-    for index, example in enumerate(examples):
+    problems.add(str(error))
+  for split, split_examples in (("train", train), ("eval", evals)):
+    for index, example in enumerate(split_examples):
       try:
         task.example_arrays(example)
       except ValueError as error:
-        raise DataError(f"{describe_example(example, index, split)}: {error}") from None
+        problems.add(f"{describe_example(example, index, split)}: {error}")
+  _raise_data_problems(problems)
   rows = encoding.RowEncoder(encoder, prompt_len, answer_len, task.example_arrays)
   train_rows: Callable = rows
   data_settings = config.data.to_dict()

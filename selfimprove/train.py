@@ -24,12 +24,13 @@ from absl import logging
 from flax import nnx
 
 from selfimprove import metrics as metrics_lib
-from selfimprove import run_setup, sharding
+from selfimprove import run_identity, run_setup, sharding
 from selfimprove.checkpoint import Checkpointer, abstract_like
 from selfimprove.config_checks import ConfigError, validate_config
 from selfimprove.evaluation import device_batch, evaluate
 from selfimprove.models.orbax_params import (load_orbax_params, read_orbax_metadata,
                                              save_orbax_params)
+from selfimprove import preemption
 from selfimprove.preemption import Preemption, any_process
 from selfimprove.run import Run, build_run
 from selfimprove.run_tokenizer import save_tokenizer
@@ -74,20 +75,32 @@ def raise_if_verifier_failed(verifier: Any) -> None:
 
 # -- 2. initialise or restore -------------------------------------------------------------------
 
+def check_relaunch(run: Run, checkpointer: Checkpointer) -> None:
+  """Refuses (ConfigError, one line) a relaunch that changes what defines the saved run."""
+  newest = checkpointer.newest_data()
+  if newest is None or "run" not in newest[1]:
+    return   # a fresh workdir, or a checkpoint from before runs recorded their identity
+  step, data_state = newest
+  changed = run_identity.differences(data_state["run"], run.identity)
+  if changed:
+    raise ConfigError(run_identity.refusal(checkpointer.directory, step, changed))
+
+
 def init_or_restore(run: Run, checkpointer: Checkpointer) -> tuple[TrainState, int, bool]:
   """(state, start step, resumed?).
 
-  Resume order: the newest finalised checkpoint in the workdir wins (params,
-  optimizer, RNG key, pipeline extras and the data iterator's position, all as
-  saved); otherwise `init_from`'s parameters over fresh ones from the seed
-  (e.g. fresh LoRA adapters on an imported base); otherwise fresh ones.
+  Resume order: the newest finalised checkpoint in the workdir that restores wins
+  (params, optimizer, RNG key, pipeline extras and the data iterator's position,
+  all as saved; a broken newer one is skipped with a warning and moved aside);
+  otherwise `init_from`'s parameters over fresh ones from the seed (e.g. fresh
+  LoRA adapters on an imported base); otherwise fresh ones.
   """
   config, shardings = run.config, run.state_shardings
-  start_step = checkpointer.latest_step()
-  if start_step is not None:
+  restored = checkpointer.restore_newest(abstract_like(run.abstract_state, shardings))
+  if restored is not None:
+    start_step, state, data_state = restored
     # Logged as a warning so it shows at the launcher's default (quiet) verbosity.
     logging.warning("Resuming from checkpoint at step %d in %s", start_step, checkpointer.directory)
-    state, data_state = checkpointer.restore(start_step, abstract_like(run.abstract_state, shardings))
     run.iterator.set_state(data_state["iterator"])
     return state, start_step, True
   if config.init_from:
@@ -129,6 +142,7 @@ class LoopResult:
   step: int
   last_eval: dict[str, float]
   stopped_early: bool
+  preempted: bool
 
 
 def _stop_rule_met(train_config: ml_collections.ConfigDict, call_metrics: dict) -> bool:
@@ -162,9 +176,9 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
   if not resumed and os.path.exists(stop_marker) and jax.process_index() == 0:
     os.remove(stop_marker)   # left by an earlier attempt at this workdir
   last_eval: dict[str, float] = {}
-  step, warned_recompile = start_step, False
+  step, warned_recompile, preempted = start_step, False, False
   interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
-  with jax.set_mesh(run.mesh), Preemption() as preemption:
+  with jax.set_mesh(run.mesh), Preemption() as sigterm:
     if not resumed and train_config.get("eval_at_start", False):
       # The starting model's figures (step 0), e.g. the warm start before SCoRe.
       last_eval = run_eval(state.params)
@@ -181,11 +195,13 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
       interval_steps += steps_per_call
       consecutive = int(jax.device_get(state.consecutive_skips))
       if consecutive >= train_config.max_consecutive_skips:
+        last = checkpointer.latest_step()
+        kept = (f"The last checkpoint (step {last}) in {checkpointer.directory} is intact."
+                if last is not None else "No checkpoint had been saved yet.")
         raise FloatingPointError(
             f"{consecutive} consecutive steps up to step {step} had a non-finite loss or gradient "
             f"norm; their updates were skipped. Stopping (config.train.max_consecutive_skips="
-            f"{train_config.max_consecutive_skips}). The last checkpoint "
-            f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is intact.")
+            f"{train_config.max_consecutive_skips}). {kept}")
 
       stopped_early = _stop_rule_met(train_config, call_metrics)
       final = step == num_steps or stopped_early
@@ -209,9 +225,9 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
         writer.write(step, dict(last_eval))
       progress.update(step, {k: float(v[-1]) for k, v in call_metrics.items()} | last_eval)
 
-      preempted = preemption.any_process_requested()
+      preempted = sigterm.any_process_requested()
       if step % train_config.checkpoint_every == 0 or final or preempted:
-        checkpointer.save(step, state, {"iterator": run.iterator.get_state()})
+        checkpointer.save(step, state, {"iterator": run.iterator.get_state(), "run": run.identity})
       if preempted:
         logging.warning("Preempted: checkpoint at step %d saved; exiting.", step)
         break
@@ -225,7 +241,7 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
                         step, num_steps, train_config.stop_metric, train_config.stop_threshold)
   progress.close()
   writer.close()
-  return LoopResult(state, step, last_eval, stopped_early)
+  return LoopResult(state, step, last_eval, stopped_early, preempted)
 
 
 def _stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -250,28 +266,46 @@ def finish(run: Run, result: LoopResult, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:
       save_tokenizer(run.tokenizer, params_dir)
   if jax.process_index() == 0:
+    # Plots and the summary only warn when they fail: the trained model is already saved.
     plot_path = metrics_lib.plot_metrics(workdir)
     print(metrics_lib.summarize(workdir))
-    print(f"curves: {plot_path}")
+    if plot_path:
+      print(f"curves: {plot_path}")
     if result.last_eval:
       # The pipeline's eval figures alone, e.g. SCoRe's Acc@t1, Acc@t2 and deltas over training.
       eval_plot = metrics_lib.plot_metrics(workdir, keys=list(result.last_eval),
                                            filename="eval_curves.png")
-      print(f"eval curves: {eval_plot}")
-  return {"step": result.step, **result.last_eval}
+      if eval_plot:
+        print(f"eval curves: {eval_plot}")
+  return {"step": result.step, **result.last_eval,
+          **({"preempted": True} if result.preempted else {})}
+
+
+def _prepare_workdir(workdir: str) -> None:
+  """Creates the workdir, or says in one line why it cannot be used."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir!r} is a file, not a directory.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as error:
+    raise ConfigError(f"--workdir={workdir!r} cannot be written: {error.strerror}.") from None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run described by `config` in `workdir`; returns the final metrics."""
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  _prepare_workdir(workdir)
   run = build_run(config)                                                 # 1. build
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                               async_save=config.train.async_checkpoints)
   try:
+    check_relaunch(run, checkpointer)   # before anything is written or restored
+    if jax.process_index() == 0:
+      run_identity.write_launch_config(workdir, config)   # config.json, then config.<n>.json
     state, start_step, resumed = init_or_restore(run, checkpointer)      # 2. init or restore
     result = train_loop(run, state, start_step, resumed, checkpointer, workdir)   # 3. + 4.
   finally:
@@ -299,7 +333,11 @@ def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> di
   warm_params = os.path.join(warm_dir, "params")
   if not os.path.exists(os.path.join(warm_params, "model_config.json")):
     logging.warning("Warm start: training %s first", warm_dir)
-    train(config.warm_start, warm_dir)
+    warm = train(config.warm_start, warm_dir)
+    if warm.get("preempted"):   # checkpointed: the same command resumes the warm start
+      return warm
+  if any_process(preemption.requested()):   # SIGTERM as the warm start ended: main stage later
+    return {"step": 0, "preempted": True}
   config = ml_collections.ConfigDict(config.to_dict())   # an unlocked copy
   config.init_from = warm_params
   return train(config, workdir)

@@ -1,9 +1,14 @@
-"""Metrics: JSONL contents, resume truncation, TensorBoard events read back, progress bar, plot, summary."""
+"""Metrics: JSONL contents, resume truncation, TensorBoard events read back, progress bar, plot,
+summary, and faults (file deleted or rotated mid-run, cut-short lines, stale temporaries, plot
+failures)."""
 
+import errno
 import io
 import json
+import logging
 import os
 import struct
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -123,9 +128,23 @@ def test_write_errors_name_the_metric(tmp_path):
       writer.write(1, {"eval/x": object()})
 
 
-def test_read_metrics_rejects_a_malformed_interior_line(tmp_path):
-  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
-  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
+def _warnings(caplog):
+  return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_read_metrics_skips_malformed_lines_with_a_warning_naming_file_and_line(tmp_path, caplog):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n{"step": 3, "tr')
+  with caplog.at_level(logging.WARNING):
+    assert read_metrics(str(tmp_path)) == [{"step": 1}, {"step": 2}]
+  warnings = _warnings(caplog)
+  assert len(warnings) == 2
+  assert f"{tmp_path / 'metrics.jsonl'}:2: skipping a line that is not valid JSON" in warnings[0]
+  assert f"{tmp_path / 'metrics.jsonl'}:4: skipping" in warnings[1]
+
+
+def test_read_metrics_rejects_a_record_without_a_step(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"train/loss": 1.0}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: expected a JSON object with a 'step'"):
     read_metrics(str(tmp_path))
 
 
@@ -147,8 +166,19 @@ def test_plot_writes_a_png(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   chosen = plot_metrics(workdir, keys=["eval/accuracy"], filename="accuracy.png")
   assert os.path.getsize(chosen) > 1000
-  with pytest.raises(ValueError, match=r"no numeric metric 'eval/bleu'.*eval/accuracy"):
-    plot_metrics(workdir, keys=["eval/bleu"])
+
+
+def test_plot_leaves_out_keys_without_numbers_with_a_warning(tmp_path, caplog):
+  workdir = str(tmp_path)
+  _write_run(workdir)
+  with caplog.at_level(logging.WARNING):
+    assert plot_metrics(workdir, keys=["eval/bleu", "eval/accuracy"], filename="a.png") == \
+        os.path.join(workdir, "a.png")
+    assert plot_metrics(workdir, keys=["eval/bleu"], filename="b.png") is None
+  assert not os.path.exists(os.path.join(workdir, "b.png"))
+  warnings = _warnings(caplog)
+  assert "no numeric values of ['eval/bleu']" in warnings[0] and "eval/accuracy" in warnings[0]
+  assert "has no numeric metrics to plot" in warnings[-1] and "metrics.jsonl" in warnings[-1]
 
 
 def test_summarize_reports_final_and_best_eval_values(tmp_path):
@@ -174,6 +204,142 @@ def test_summarize_prints_a_before_after_table_when_step_0_was_evaluated(tmp_pat
   assert lines[-3].split() == ["before", "after", "change", "(step", "0", "->", "20)"]
   assert lines[-2].split() == ["eval/acc_t1", "0.5000", "0.6250", "+0.1250"]
   assert lines[-1].split() == ["eval/delta", "-0.2500", "0.1250", "+0.3750"]
+
+
+def _metrics_path(tmp_path):
+  return str(tmp_path / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("contents", [None, "", "\n", '{"step": 1, "train/lo'],
+                         ids=["missing", "empty", "blank", "only-a-cut-short-line"])
+def test_plot_and_summarize_warn_instead_of_raising_without_metrics(tmp_path, caplog, contents):
+  if contents is not None:
+    (tmp_path / "metrics.jsonl").write_text(contents)
+  with caplog.at_level(logging.WARNING):
+    assert plot_metrics(str(tmp_path)) is None
+    text = summarize(str(tmp_path))
+  assert text.startswith("No ") and _metrics_path(tmp_path) in text and "\n" not in text
+  assert not os.path.exists(tmp_path / "curves.png")
+  warnings = _warnings(caplog)
+  assert any(w.startswith("plot_metrics:") and _metrics_path(tmp_path) in w for w in warnings)
+  assert any(w.startswith("summarize:") and _metrics_path(tmp_path) in w for w in warnings)
+
+
+def test_plot_and_summarize_skip_a_corrupt_line(tmp_path, caplog):
+  workdir = str(tmp_path)
+  _write_run(workdir)
+  good_lines = len(_lines(workdir))
+  with open(_metrics_path(tmp_path), "a") as f:
+    f.write("\x00" * 20 + "\n" + '{"step": 31, "train/loss": 0.01}\n' + '{"step": 32, "tr')
+  with caplog.at_level(logging.WARNING):
+    assert plot_metrics(workdir) == os.path.join(workdir, "curves.png")
+    text = summarize(workdir)
+  assert "31 steps" in text and "train/loss: last 0.01 (step 31)" in text
+  for bad_line in (good_lines + 1, good_lines + 3):     # the NUL bytes and the cut-short record
+    assert any(f"{_metrics_path(tmp_path)}:{bad_line}: skipping" in w for w in _warnings(caplog))
+
+
+def test_summarize_reports_an_unreadable_record_instead_of_raising(tmp_path, caplog):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n[1, 2]\n')
+  with caplog.at_level(logging.WARNING):
+    text = summarize(str(tmp_path))
+    assert plot_metrics(str(tmp_path)) is None
+  assert text.startswith("No summary: could not read") and "metrics.jsonl:2" in text
+  assert any("metrics.jsonl:2: expected a JSON object" in w for w in _warnings(caplog))
+
+
+def test_plot_returns_none_when_matplotlib_fails(tmp_path, caplog, monkeypatch):
+  from matplotlib.figure import Figure
+  workdir = str(tmp_path)
+  _write_run(workdir)
+
+  def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(Figure, "savefig", disk_full)
+  with caplog.at_level(logging.WARNING):
+    assert plot_metrics(workdir) is None
+  assert "curves.png" in _warnings(caplog)[-1] and "No space left" in _warnings(caplog)[-1]
+  monkeypatch.setitem(sys.modules, "matplotlib.figure", None)   # import fails: not installed
+  with caplog.at_level(logging.WARNING):
+    assert plot_metrics(workdir) is None
+  assert "ModuleNotFoundError" in _warnings(caplog)[-1]
+
+
+def test_writer_recreates_a_deleted_file(tmp_path, caplog):
+  workdir = str(tmp_path)
+  with MetricsWriter(workdir, tensorboard=False) as writer:
+    writer.write(1, {"train/loss": 1.0})
+    os.remove(_metrics_path(tmp_path))               # rm metrics.jsonl while training
+    with caplog.at_level(logging.WARNING):
+      writer.write(2, {"train/loss": 2.0})
+    writer.write(3, {"train/loss": 3.0})
+    assert _lines(workdir) == [{"step": 2, "train/loss": 2.0}, {"step": 3, "train/loss": 3.0}]
+  assert any(_metrics_path(tmp_path) in w and "deleted or renamed" in w for w in _warnings(caplog))
+
+
+@pytest.mark.parametrize("create_new", [False, True], ids=["mv", "mv-and-create"])
+def test_writer_recreates_a_rotated_file(tmp_path, create_new):
+  workdir = str(tmp_path)
+  with MetricsWriter(workdir, tensorboard=False) as writer:
+    writer.write(1, {"train/loss": 1.0})
+    writer.write(2, {"train/loss": 2.0})
+    os.rename(_metrics_path(tmp_path), _metrics_path(tmp_path) + ".1")   # log rotation
+    if create_new:
+      open(_metrics_path(tmp_path), "w").close()      # logrotate's `create`: a new empty file
+    writer.write(3, {"train/loss": 3.0})
+    writer.write(4, {"train/loss": 4.0})
+  assert [r["step"] for r in _lines(workdir)] == [3, 4]
+  with open(_metrics_path(tmp_path) + ".1") as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2]
+
+
+def test_writer_starts_a_fresh_line_after_a_cut_short_record(tmp_path, caplog):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "tr')
+  with MetricsWriter(str(tmp_path), tensorboard=False) as writer:
+    writer.write(3, {"train/loss": 3.0})
+  with caplog.at_level(logging.WARNING):
+    assert read_metrics(str(tmp_path)) == [{"step": 1}, {"step": 3, "train/loss": 3.0}]
+  assert len(_warnings(caplog)) == 1 and "metrics.jsonl:2: skipping" in _warnings(caplog)[0]
+
+
+def test_resume_removes_a_stale_temporary_and_keeps_rows_up_to_resume_step(tmp_path):
+  workdir = str(tmp_path)
+  with MetricsWriter(workdir, tensorboard=False) as writer:
+    for step in range(1, 9):
+      writer.write(step, {"train/loss": float(step)})
+  temporary = _metrics_path(tmp_path) + ".tmp"
+  open(temporary, "w").close()           # a full disk during an earlier attempt's rewrite
+  inode = os.stat(_metrics_path(tmp_path)).st_ino
+  with MetricsWriter(workdir, resume_step=5, tensorboard=False):
+    assert not os.path.exists(temporary)
+    assert _lines(workdir) == [{"step": s, "train/loss": float(s)} for s in range(1, 6)]
+  # Rewritten beside and renamed over, never truncated in place: the file is a new inode.
+  assert os.stat(_metrics_path(tmp_path)).st_ino != inode
+  assert not os.path.exists(temporary)
+
+
+def test_a_stale_temporary_is_removed_without_resume_too(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+  (tmp_path / "metrics.jsonl.tmp").write_text("")
+  with MetricsWriter(str(tmp_path), tensorboard=False):
+    assert not os.path.exists(tmp_path / "metrics.jsonl.tmp")
+  assert _lines(str(tmp_path)) == [{"step": 1}]
+
+
+def test_a_failed_resume_rewrite_leaves_the_file_unchanged(tmp_path, monkeypatch):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+
+  def disk_full(descriptor):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(metrics_lib.os, "fsync", disk_full)
+  with pytest.raises(OSError, match=r"after step 1 from .*metrics.jsonl .*metrics.jsonl.tmp.*"
+                                    r"No space left on device.*is unchanged") as raised:
+    MetricsWriter(str(tmp_path), resume_step=1, tensorboard=False)
+  assert raised.value.errno == errno.ENOSPC
+  assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n{"step": 3}\n'
+  assert not os.path.exists(tmp_path / "metrics.jsonl.tmp")
 
 
 class _FakeClock:

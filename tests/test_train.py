@@ -50,7 +50,8 @@ def test_resume_on_a_different_mesh(tmp_path):
   # The first leg stops at step 4 with the full run's learning-rate schedule.
   train_lib.train(make_test_config(**one_device, **{"train.num_steps": 4, "optimizer.schedule_steps": 8}),
                   workdir)
-  train_lib.train(make_test_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}), workdir)
+  train_lib.train(make_test_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
+                                     "optimizer.schedule_steps": 8}), workdir)
   step, resumed = final_params(workdir)
   assert step == 8
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), resumed, expected)

@@ -45,6 +45,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+class UnreadableFileError(ValueError):
+  """A checkpoint file that exists but cannot be read (truncated, corrupt, no permission).
+
+  A fault in the file rather than a setting to fix; its message starts with the file's path.
+  """
+
+
+def _open_safetensors(safe_open, path: str):
+  """safe_open(path), with a failure (truncated header or data, not safetensors) naming the file."""
+  try:
+    return safe_open(path, framework="numpy")
+  except Exception as error:   # safetensors' SafetensorError (not public in every version), OSError
+    message = " ".join(str(error).split())
+    raise UnreadableFileError(f"{path}: not a readable safetensors file ({message}).") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Tensor:
   """How one of our parameters maps to HF tensors.
@@ -120,8 +136,7 @@ class _TensorReader:
     self.folder = folder
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
-      with open(index) as f:
-        weight_map = json.load(f).get("weight_map")
+      weight_map = _read_json(index).get("weight_map")
       if not isinstance(weight_map, dict):
         raise ValueError(f"{index}: no 'weight_map' object mapping tensor names to files.")
       self.files = {name: os.path.join(folder, file) for name, file in weight_map.items()}
@@ -134,7 +149,7 @@ class _TensorReader:
             f"model.safetensors.index.json) found.")
       self.files = {}
       for path in paths:
-        with safe_open(path, framework="numpy") as f:
+        with _open_safetensors(safe_open, path) as f:
           self.files.update({name: path for name in f.keys()})
     self._open = {}
     self._safe_open = safe_open
@@ -144,7 +159,7 @@ class _TensorReader:
     if path not in self._open:
       if not os.path.exists(path):
         raise ValueError(f"{path}: file listed in model.safetensors.index.json does not exist.")
-      self._open[path] = self._safe_open(path, framework="numpy")
+      self._open[path] = _open_safetensors(self._safe_open, path)
     return self._open[path]
 
   def shape(self, name: str) -> tuple[int, ...]:
@@ -175,17 +190,32 @@ def _path_name(path: tuple[str, ...]) -> str:
 
 
 def _read_json(path: str) -> dict[str, Any]:
+  """A JSON object from `path`; errors (missing, not JSON, not an object) name the file."""
   if not os.path.exists(path):
     raise ValueError(f"{path} does not exist; is {os.path.dirname(path)} a Hugging Face model folder?")
-  with open(path) as f:
+  with open(path, encoding="utf-8") as f:
     try:
-      return json.load(f)
+      data = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}.") from None
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}: not a JSON text file (byte {e.start} is not UTF-8).") from None
+  if not isinstance(data, dict):
+    raise ValueError(f"{path}: expected a JSON object, got a {type(data).__name__}.")
+  return data
 
 
 def read_hf_config(folder: str) -> tuple[TransformerConfig, str, dict[str, Any]]:
-  """(TransformerConfig, family, raw config.json dict) for an HF model folder."""
+  """(TransformerConfig, family, raw config.json dict) for an HF model folder.
+
+  Raises a ValueError naming the folder or config.json (and the field) when
+  the folder does not exist, has no config.json, or describes a model this
+  library does not support.
+  """
+  if not os.path.isdir(folder):
+    what = "is not a directory" if os.path.exists(folder) else "does not exist"
+    raise ValueError(f"{folder} {what}; expected a Hugging Face model folder "
+                     f"(config.json and *.safetensors).")
   path = os.path.join(folder, "config.json")
   hf = _read_json(path)
   config, family = config_from_hf(hf, path)

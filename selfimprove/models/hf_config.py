@@ -57,7 +57,9 @@ class _Fields:
 def family_of(hf: Mapping[str, Any], source: str) -> tuple[str, str]:
   """(architecture, family) named by config.json's `architectures` (or `model_type`)."""
   architectures = hf.get("architectures") or []
-  known = [a for a in architectures if a in ARCHITECTURES]
+  if isinstance(architectures, str):
+    architectures = [architectures]
+  known = [a for a in architectures if isinstance(a, str) and a in ARCHITECTURES]
   if known:
     return known[0], ARCHITECTURES[known[0]]
   if not architectures and hf.get("model_type") in _FAMILY_ARCHITECTURE:
@@ -65,7 +67,8 @@ def family_of(hf: Mapping[str, Any], source: str) -> tuple[str, str]:
     return _FAMILY_ARCHITECTURE[family], family
   raise ValueError(
       f"{source}: field 'architectures' is {architectures!r} (model_type "
-      f"{hf.get('model_type')!r}); supported architectures are {sorted(ARCHITECTURES)}.")
+      f"{hf.get('model_type')!r}), which this library cannot load; supported architectures "
+      f"are {sorted(ARCHITECTURES)} (model_type {sorted(_FAMILY_ARCHITECTURE)}).")
 
 
 def _rope(f: _Fields) -> dict[str, Any]:

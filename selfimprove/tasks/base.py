@@ -24,6 +24,7 @@ from typing import Any, Callable, Protocol
 import jax
 import numpy as np
 
+from selfimprove.problems import Problems
 from selfimprove.tokenizers import Tokenizer
 
 # (completion_tokens [rows, N], completion_mask [rows, N], batch {name: [rows, ...]}) -> [rows] f32
@@ -75,12 +76,15 @@ def check_examples(examples: Any, split: str, task_name: str) -> list[dict]:
   if not isinstance(examples, list) or not examples:
     raise ValueError(f"Task {task_name!r}: examples({split!r}) must return a non-empty list of "
                      f"dicts, got {type(examples).__name__} of length {len(examples or [])}.")
+  problems = Problems()
   for index, example in enumerate(examples):
     if not isinstance(example, dict):
-      raise ValueError(f"Task {task_name!r}: {split} example {index} is a "
-                       f"{type(example).__name__}, expected a dict with 'prompt' and 'answer'.")
+      problems.add(f"Task {task_name!r}: {split} example {index} is a "
+                   f"{type(example).__name__}, expected a dict with 'prompt' and 'answer'.")
+      continue
     for field in ("prompt", "answer"):
       if not isinstance(example.get(field), str):
-        raise ValueError(f"{describe_example(example, index, split)}: field {field!r} must be a "
-                         f"string, got {example.get(field)!r}.")
+        problems.add(f"{describe_example(example, index, split)}: field {field!r} must be a "
+                     f"string, got {example.get(field)!r}.")
+  problems.raise_if_any()
   return examples

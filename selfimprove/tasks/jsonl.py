@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from selfimprove.data import read_jsonl
+from selfimprove.problems import Problems
 from selfimprove.tasks.text_verifiers import load_verifier
 
 
@@ -42,12 +43,17 @@ class JsonlTaskConfig:
         raise ValueError(f"{field}={path!r}: file not found.")
 
 
-def _as_text(record: dict, field: str, file_field: str) -> dict:
-  value = record[field]
-  if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-    raise ValueError(f"{record['source']}: field {file_field!r} must be a string, got "
-                     f"{type(value).__name__} {value!r}.")
-  return dict(record, **{field: value if isinstance(value, str) else str(value)})
+def _as_text(record: dict, fields: dict[str, str], problems: Problems) -> dict | None:
+  """The record with str prompt and answer (a JSON number is read as its text), or None."""
+  out = dict(record)
+  for ours, theirs in fields.items():
+    value = record[ours]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+      problems.add(f"{record['source']}: field {theirs!r} must be a string, got "
+                   f"{type(value).__name__} {value!r}.")
+      return None
+    out[ours] = value if isinstance(value, str) else str(value)
+  return out
 
 
 class JsonlTask:
@@ -67,8 +73,10 @@ class JsonlTask:
     records = read_jsonl(path, fields, keep_all=True)
     if not records:
       raise ValueError(f"{path}: no records (the file is empty or has only blank lines).")
-    return [_as_text(_as_text(r, "prompt", fields["prompt"]), "answer", fields["answer"])
-            for r in records]
+    problems = Problems()
+    examples = [_as_text(r, fields, problems) for r in records]
+    problems.raise_if_any()
+    return examples
 
   def example_arrays(self, example: dict) -> dict[str, np.ndarray]:
     return {}
