@@ -32,6 +32,7 @@ from selfimprove.models.orbax_params import (load_orbax_params, read_orbax_metad
                                              save_orbax_params)
 from selfimprove import preemption
 from selfimprove.preemption import Preemption, any_process
+from selfimprove.progress import ProgressBar
 from selfimprove.run import Run, build_run
 from selfimprove.run_tokenizer import save_tokenizer
 from selfimprove.train_state import TrainState, step_key
@@ -168,7 +169,7 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
   # A fresh start (-1) clears every record an earlier, uncheckpointed attempt left, step 0 included.
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step if resumed else -1)
   shown = getattr(run.pipeline, "eval_summary_names", run.pipeline.eval_metric_names)
-  progress = metrics_lib.ProgressBar(num_steps, initial_step=start_step,
+  progress = ProgressBar(num_steps, initial_step=start_step,
                                      keys=("train/loss",) + tuple(f"eval/{n}" for n in shown))
   stop_marker = os.path.join(workdir, STOP_MARKER)
   # A run that met its stop rule is finished: relaunching it only re-exports and summarises.

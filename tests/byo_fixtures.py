@@ -25,6 +25,8 @@ import torch
 import transformers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from tests.models.hf_models import perturb_norms_and_biases
+
 PAD_TOKEN, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)   # ids 0, 1, 2
 VOCAB_SIZE = 300   # the 3 special tokens, the 256 byte symbols and 41 merges
@@ -152,13 +154,7 @@ def _make_model(family: str, vocab_size: int, eos_id: int, pad_id: int,
   config = config_class(vocab_size=vocab_size, bos_token_id=None, eos_token_id=eos_id,
                         pad_token_id=pad_id, **_MODEL_SIZES, **extra)
   torch.manual_seed(seed)
-  model = model_class(config).eval()
-  generator = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      if "norm" in name or name.endswith("bias"):
-        param.add_(0.3 * torch.randn(param.shape, generator=generator))
-  return model
+  return perturb_norms_and_biases(model_class(config).eval(), seed + 1)
 
 
 def make_byo_hf_folder(folder: str | os.PathLike, family: str = "llama", seed: int = 0) -> str:

@@ -16,7 +16,9 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from selfimprove import metrics as metrics_lib
-from selfimprove.metrics import MetricsWriter, ProgressBar, plot_metrics, read_metrics, summarize
+from selfimprove import progress as progress_lib
+from selfimprove.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
+from selfimprove.progress import ProgressBar
 
 
 def _read_events(directory):
@@ -357,7 +359,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_plain_lines_rate_and_eta(monkeypatch):
   clock = _FakeClock()
-  monkeypatch.setattr(metrics_lib.time, "monotonic", clock)
+  monkeypatch.setattr(progress_lib.time, "monotonic", clock)
   stream = io.StringIO()
   bar = ProgressBar(100, initial_step=0, keys=("train/loss", "eval/accuracy"), stream=stream)
   bar.update(10, {"train/loss": np.float32(1.5), "perf/steps_per_sec": 3.0})
@@ -378,7 +380,7 @@ def test_progress_bar_plain_lines_rate_and_eta(monkeypatch):
 
 def test_progress_bar_redraws_in_place_on_a_terminal(monkeypatch):
   clock = _FakeClock()
-  monkeypatch.setattr(metrics_lib.time, "monotonic", clock)
+  monkeypatch.setattr(progress_lib.time, "monotonic", clock)
   stream = _Terminal()
   bar = ProgressBar(1000, initial_step=500, stream=stream)
   for step in range(501, 511):

@@ -51,18 +51,24 @@ class HFCase:
   model: torch.nn.Module   # the transformers model, float32, eval mode
 
 
+def perturb_norms_and_biases(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+  """Adds noise to norm weights and biases (HF initialises them to constants), in place."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "norm" in name or name.endswith("bias"):
+        param.add_(0.3 * torch.randn(param.shape, generator=generator))
+  return model
+
+
 def make_hf_model(family: str, folder: str, seed: int = 0, **overrides) -> HFCase:
   """Builds, randomises and saves a tiny `family` model (float32) to `folder`."""
   config_class, model_class, extra = FAMILIES[family]
   config = config_class(**{**COMMON, **extra, **overrides})
   config._attn_implementation = "eager"   # exact soft-capping; the reference math
   torch.manual_seed(seed)
-  model = model_class(config).eval()
-  generator = torch.Generator().manual_seed(seed + 1)
+  model = perturb_norms_and_biases(model_class(config).eval(), seed + 1)
   with torch.no_grad():
-    for name, param in model.named_parameters():
-      if "norm" in name or name.endswith("bias"):
-        param.add_(0.3 * torch.randn(param.shape, generator=generator))
     if family.startswith("gemma"):
       # Undo Gemma's sqrt(hidden) embedding scale at init: otherwise the tied
       # embedding dominates and greedy decoding repeats the last token.
