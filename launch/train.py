@@ -88,7 +88,7 @@ def main(argv):
   except HostVerifierError as error:   # the user's verifier raised: a fault, not a config mistake
     print(f"Host verifier error: {error}", file=sys.stderr)
     sys.exit(1)
-  except OSError as error:   # disk full, a file removed under us, ...: a fault, named in one line
+  except (OSError, FloatingPointError) as error:   # disk full, divergence, ...: faults, one line
     print(f"Error: {error}", file=sys.stderr)
     sys.exit(1)
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

@@ -86,6 +86,12 @@ def test_non_finite_updates_are_skipped_and_stop_the_run(tmp_path):
   assert rows[-1]["train/skipped_updates"] >= 1
   step, params = final_params(str(tmp_path))
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params)), "checkpoint must hold finite params"
+  # Before any checkpoint, the message says so (not "step None").
+  config = make_test_config(**{"optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
+                               "train.max_consecutive_skips": 2, "train.num_steps": 40,
+                               "train.checkpoint_every": 40, "train.eval_every": 40})
+  with pytest.raises(FloatingPointError, match="No checkpoint had been saved yet"):
+    train_lib.train(config, str(tmp_path / "early"))
 
 
 def test_jsonl_task_trains_with_its_host_verifier_and_malformed_line_names_it(tmp_path):
