@@ -107,3 +107,25 @@ def test_lengths_default_to_the_longest_example_and_match_the_arithmetic_task():
   config = make_test_config()
   data = run_setup.build_data(config, run_setup.build_task(config), task.tokenizer)
   assert (data.prompt_len, data.answer_len) == (7, 4)   # 2-digit addition: <bos>ab+cd= / abc<eos>
+
+
+def test_arithmetic_with_a_bpe_tokenizer_encodes_its_text_and_uses_the_host_verifier(hf_folder):
+  from selfimprove.verifiers import HostVerifier
+  config = make_test_config(**{"tokenizer.kind": "hf", "tokenizer.path": hf_folder})
+  task = run_setup.build_task(config)
+  tokenizer = HFTokenizer(hf_folder)
+  data = run_setup.build_data(config, task, tokenizer)
+  verifier = run_setup.build_verifier(task, tokenizer, data)
+  assert isinstance(verifier, HostVerifier)   # BPE may merge digits: the jnp reader cannot
+  record_id, example = data.train[3]
+  row = data.train_rows((record_id, example))
+  assert tokenizer.decode(row["prompt_tokens"][row["prompt_mask"]]) == example["prompt"]
+  right = tokenizer.encode(example["answer"]) + [tokenizer.eos_id]
+  wrong = tokenizer.encode(str(int(example["answer"]) + 1)) + [tokenizer.eos_id]
+  width = max(len(right), len(wrong))
+  tokens = np.full((2, width), tokenizer.pad_id, np.int32)
+  mask = np.zeros((2, width), bool)
+  for row_index, ids in enumerate((right, wrong)):
+    tokens[row_index, :len(ids)], mask[row_index, :len(ids)] = ids, True
+  rewards = verifier.rewards_on_host(tokens, mask, np.asarray([record_id, record_id]))
+  assert rewards.tolist() == [1.0, 0.0]

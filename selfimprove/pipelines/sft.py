@@ -65,13 +65,27 @@ class SFT:
     return {"accuracy": correct}
 
 
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  """SFT settings (an optional config.sft section).
+
+  Attributes:
+    max_new_tokens: greedy evaluation's completion budget (0: the answer length,
+      i.e. the longest reference answer with its <eos>).
+  """
+
+  max_new_tokens: int = 0
+
+  def __post_init__(self):
+    if self.max_new_tokens < 0:
+      raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}.")
+
+
 def build(pieces: RunPieces, settings: dict) -> SFT:
-  """SFT from the run's pieces; settings (config.sft, optional): max_new_tokens (0 = answer length)."""
-  unknown = set(settings) - {"max_new_tokens"}
-  if unknown:
-    raise ValueError(f"unknown field(s) {sorted(unknown)}; SFT reads only max_new_tokens.")
+  """SFT from the run's pieces and its settings (SFTConfig fields)."""
+  config = SFTConfig(**settings)
   eval_sampling = SamplingConfig(
-      max_new_tokens=settings.get("max_new_tokens") or pieces.answer_len, greedy=True,
+      max_new_tokens=config.max_new_tokens or pieces.answer_len, greedy=True,
       stop_token_ids=pieces.stop_token_ids, pad_token_id=pieces.pad_id)
   return SFT(graphdef=pieces.graphdef, optimizer=pieces.optimizer, verifier=pieces.verifier,
              eval_sampling=eval_sampling)
