@@ -67,6 +67,7 @@ def _config_error(message: str) -> None:
 def main(argv):
   del argv
   import jax  # after flag parsing, so a bad flag never waits for backend start-up
+  from selfimprove.checkpoint import CheckpointError
   from selfimprove.config_checks import ConfigError, DataError
   from selfimprove.preemption import Preemption
   from selfimprove.train import train_with_warm_start
@@ -88,7 +89,7 @@ def main(argv):
   except HostVerifierError as error:   # the user's verifier raised: a fault, not a config mistake
     print(f"Host verifier error: {error}", file=sys.stderr)
     sys.exit(1)
-  except (OSError, FloatingPointError) as error:   # disk full, divergence, ...: faults, one line
+  except (OSError, FloatingPointError, CheckpointError) as error:   # faults: disk full, divergence
     print(f"Error: {error}", file=sys.stderr)
     sys.exit(1)
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

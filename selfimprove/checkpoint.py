@@ -50,6 +50,10 @@ def _one_line(error: BaseException) -> str:
   return f"{line[:head]} ... {line[-(_ERROR_CHARS - head - 5):]}"
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of a run restores; the message lists each step tried and what to do."""
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run under `directory`/<step>/{state,data}."""
 
@@ -153,7 +157,7 @@ class Checkpointer:
       return step, state, data_state
     tried = "\n".join(f"  step {s} ({os.path.join(self.directory, str(s))}): {reason}"
                       for s, reason in failures)
-    raise ValueError(
+    raise CheckpointError(
         f"No checkpoint in {self.directory} could be restored; steps tried, newest first:\n{tried}\n"
         f"If the run's config changed (model shapes, optimizer), restore with the config it was "
         f"saved with. To start afresh instead, move {self.directory} aside (rename it; it keeps the "

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from selfimprove.checkpoint import Checkpointer, abstract_like
+from selfimprove.checkpoint import CheckpointError, Checkpointer, abstract_like
 from selfimprove.train_state import TrainState
 from tests.train_helpers import assert_trees_equal
 
@@ -144,7 +144,7 @@ def test_every_checkpoint_damaged_raises_an_error_naming_the_directory_and_each_
   _truncate_array_data(os.path.join(directory, "4"))
   _delete_state_dir(os.path.join(directory, "2"))
   checkpointer = Checkpointer(directory, keep=2)
-  with pytest.raises(ValueError) as raised:
+  with pytest.raises(CheckpointError) as raised:
     checkpointer.restore_newest(_abstract())
   message = str(raised.value)
   assert f"No checkpoint in {directory} could be restored" in message

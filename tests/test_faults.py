@@ -177,6 +177,13 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_bit_for_bit(
   assert_trees_equal(params, final_params(str(tmp_path / "straight"))[1])
   assert [r["train/loss"] for r in read_metrics(workdir)] == \
       [r["train/loss"] for r in read_metrics(str(tmp_path / "straight"))]
+  # When no checkpoint restores, the run stops with one clear error and moves nothing.
+  for step in ("6", "8"):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", step, "state"))
+  broken = launch(workdir, *flags, "--config.train.num_steps=10")
+  assert broken.returncode == 1 and "Traceback" not in broken.stderr, broken.stderr[-3000:]
+  assert f"Error: No checkpoint in {workdir}/checkpoints could be restored" in broken.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[:2] == ["4.corrupt", "6"]
 
 
 def test_metrics_removed_after_a_run_do_not_fail_the_relaunch(tmp_path):
