@@ -9,7 +9,8 @@ Start from a model that already answers your prompts (a converted instruct model
 and tokenizer settings are those of configs/sft_jsonl.py. Eval figures: eval/acc_t1,
 eval/acc_t2, eval/delta, eval/delta_i2c, eval/delta_c2i (held-out, greedy by default).
 `score.max_new_tokens` (0 = the longest reference answer) bounds each attempt: raise it for
-models that reason before answering.
+models that reason before answering. With `tokenizer.chat_template=True` the correction
+instruction is rendered as a user turn between the two attempts by the model's chat template.
 Presets (`:arg`): `tiny` (default) and `test` (a few steps, for tests).
 """
 

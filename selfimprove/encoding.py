@@ -61,6 +61,26 @@ class TextEncoder:
     return self.tokenizer.apply_chat_template(messages + [{"role": "user", "content": prompt}],
                                               add_generation_prompt=True)
 
+  def follow_up_text(self, message: str) -> str:
+    """Text that puts a new user `message` after a completed answer (e.g. SCoRe's instruction).
+
+    Without a chat template, `message` itself. With one, what the template writes
+    between the assistant's answer and the next assistant turn (ChatML:
+    "\\n<|im_start|>user\\n{message}<|im_end|>\\n<|im_start|>assistant\\n"), less the
+    end-of-turn token the answer already ends with (the sampler keeps it).
+    """
+    if not self.format.chat_template:
+      return message
+    user, answer = "[[selfimprove user]]", "[[selfimprove answer]]"
+    text = self.tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}, {"role": "assistant", "content": answer},
+         {"role": "user", "content": message}], add_generation_prompt=True)
+    if answer not in text or message not in text:
+      raise ValueError("the chat template does not render a second user turn after an answer.")
+    after = text[text.index(answer) + len(answer):]
+    end_of_turn = getattr(self.tokenizer, "special_tokens", {}).get("eos", "")
+    return after[len(end_of_turn):] if end_of_turn and after.startswith(end_of_turn) else after
+
   def prompt_ids(self, prompt: str) -> list[int]:
     ids = list(self.tokenizer.encode(self.prompt_text(prompt)))
     if not self.format.chat_template and self.format.add_bos and self.tokenizer.bos_id is not None:

@@ -48,6 +48,10 @@ def test_chat_template_wraps_prompts_and_answers_end_with_eos(hf_folder):
       add_generation_prompt=True)
   assert encoder.prompt_ids("What is 1 plus 2?") == tokenizer.encode(expected)
   assert encoder.answer_ids("3") == tokenizer.encode("3") + [tokenizer.eos_id]
+  # SCoRe's instruction becomes a user turn after attempt 1 (which ends with <|im_end|>).
+  assert encoder.follow_up_text("Check it.") == (
+      "\n<|im_start|>user\nCheck it.<|im_end|>\n<|im_start|>assistant\n")
+  assert TextEncoder(tokenizer).follow_up_text("Check it.") == "Check it."
   rows = RowEncoder(encoder, 40, 4, lambda example: {})
   row = rows((7, {"prompt": "What is 1 plus 2?", "answer": "3"}))
   assert row["record_id"] == 7 and row["prompt_mask"][-1] and not row["answer_mask"][-1]

@@ -305,8 +305,9 @@ def build(pieces: RunPieces, settings: dict) -> SCoRe:
   answer length, i.e. the longest reference answer with its <eos>)."""
   config = SCoReConfig(**{**settings, "max_new_tokens": settings.get("max_new_tokens") or
                           pieces.answer_len})
-  instruction_ids = pieces.encoder.text_ids(config.correction_instruction,
-                                            "correction_instruction")
+  # With a chat template the instruction is a user turn between the two attempts.
+  instruction_ids = pieces.encoder.text_ids(
+      pieces.encoder.follow_up_text(config.correction_instruction), "correction_instruction")
   return SCoRe(graphdef=pieces.graphdef, optimizer=pieces.optimizer, verifier=pieces.verifier,
                config=config, instruction_ids=instruction_ids,
                stop_token_ids=pieces.stop_token_ids, pad_token_id=pieces.pad_id)
