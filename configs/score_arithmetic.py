@@ -15,8 +15,8 @@ Baselines are switches of the same pipeline: `--config.score.mode=multiturn_rl_b
 traces whose second attempt is correct). To start from another model instead, pass
 `--config.init_from=DIR/params` (the warm start is then skipped).
 
-Expected result (tiny, 2-core CPU, ~6 min for seed 0): greedy held-out Delta(t1, t2) from
-about -2 points at the warm start to +1..+4.5 after SCoRe (seeds 0-2); details, baselines
+Expected result (tiny, 2-core CPU, 3 min for seed 0): greedy held-out Delta(t1, t2) from
+about -1.4 points at the warm start to +2..+6 after SCoRe (seeds 0-2); details, baselines
 and commands in docs/results/score.md.
 Presets: `tiny`, `test` (2-layer model, a few steps, for tests).
 """
