@@ -234,3 +234,18 @@ def test_a_workdir_that_is_a_file_and_a_too_small_init_from_vocabulary_name_them
   assert wide.returncode == 2
   last = wide.stderr.strip().splitlines()[-1]
   assert f"config.init_from='{first}/params'" in last and "vocab_size=32" in last, last
+
+
+@pytest.mark.parametrize("errno_, text", [(13, "Permission denied"), (28, "No space left on device")])
+def test_a_workdir_that_cannot_be_written_is_named_in_one_line(tmp_path, monkeypatch, errno_, text):
+  """Read-only or full (simulated: as root, chmod does not stop writes on this machine)."""
+  from selfimprove import train as train_lib
+  from selfimprove.config_checks import ConfigError
+  from tests.train_helpers import make_test_config
+
+  def refuse(*args, **kwargs):
+    raise OSError(errno_, text)
+
+  monkeypatch.setattr(train_lib.os, "makedirs", refuse)
+  with pytest.raises(ConfigError, match=rf"--workdir='{tmp_path}/run' cannot be written: {text}\."):
+    train_lib.train(make_test_config(), str(tmp_path / "run"))
