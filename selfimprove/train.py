@@ -170,7 +170,7 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step if resumed else -1)
   shown = getattr(run.pipeline, "eval_summary_names", run.pipeline.eval_metric_names)
   progress = ProgressBar(num_steps, initial_step=start_step,
-                                     keys=("train/loss",) + tuple(f"eval/{n}" for n in shown))
+                         keys=("train/loss",) + tuple(f"eval/{n}" for n in shown))
   stop_marker = os.path.join(workdir, STOP_MARKER)
   # A run that met its stop rule is finished: relaunching it only re-exports and summarises.
   stopped_early = resumed and os.path.exists(stop_marker)
@@ -212,15 +212,10 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
         raise_if_verifier_failed(run.verifier)
       if step % train_config.log_every == 0 or final:
         elapsed = time.perf_counter() - interval_start
-        for i in range(steps_per_call):
-          s = step - steps_per_call + i + 1
-          if s % train_config.log_every and s != step:
-            continue
-          row = {k: float(v[i]) for k, v in call_metrics.items() if k != "perf/tokens"}
-          row["train/learning_rate"] = float(run.schedule(max(s - 1, 0) // run.grad_accum_steps))
-          row["perf/steps_per_sec"] = interval_steps / elapsed
-          row["perf/tokens_per_sec"] = interval_tokens / elapsed
-          writer.write(s, row | (last_eval if s == step and evaluate_now else {}))
+        rates = {"perf/steps_per_sec": interval_steps / elapsed,
+                 "perf/tokens_per_sec": interval_tokens / elapsed}
+        _write_call_rows(writer, run, call_metrics, step, rates,
+                         last_eval if evaluate_now else {})
         interval_start, interval_tokens, interval_steps = time.perf_counter(), 0.0, 0
       elif evaluate_now:
         writer.write(step, dict(last_eval))
@@ -243,6 +238,19 @@ def train_loop(run: Run, state: TrainState, start_step: int, resumed: bool,
   progress.close()
   writer.close()
   return LoopResult(state, step, last_eval, stopped_early, preempted)
+
+
+def _write_call_rows(writer: metrics_lib.MetricsWriter, run: Run, call_metrics: dict, step: int,
+                     rates: dict[str, float], eval_row: dict[str, float]) -> None:
+  """metrics.jsonl rows for the steps of one call that fall on log_every (and its last step)."""
+  steps_per_call = run.config.train.steps_per_call
+  for i in range(steps_per_call):
+    s = step - steps_per_call + i + 1
+    if s % run.config.train.log_every and s != step:
+      continue
+    row = {k: float(v[i]) for k, v in call_metrics.items() if k != "perf/tokens"}
+    row["train/learning_rate"] = float(run.schedule(max(s - 1, 0) // run.grad_accum_steps))
+    writer.write(s, row | rates | (eval_row if s == step else {}))
 
 
 def _stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
