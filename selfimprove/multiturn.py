@@ -72,9 +72,10 @@ def previous_real_position(mask: jax.Array) -> jax.Array:
                          axis=1)
 
 
-def completion_logprobs(model: Transformer, context_tokens: jax.Array, context_mask: jax.Array,
-                        completion_tokens: jax.Array, completion_mask: jax.Array) -> jax.Array:
-  """log pi(completion token | context, earlier completion tokens), one forward pass.
+def completion_log_distributions(model: Transformer, context_tokens: jax.Array,
+                                 context_mask: jax.Array, completion_tokens: jax.Array,
+                                 completion_mask: jax.Array) -> jax.Array:
+  """log pi(. | context, earlier completion tokens) at each completion position, one forward pass.
 
   Args:
     model: the policy or the reference policy (`nnx.merge(graphdef, params)`).
@@ -82,8 +83,8 @@ def completion_logprobs(model: Transformer, context_tokens: jax.Array, context_m
     completion_tokens, completion_mask: [rows, N].
 
   Returns:
-    float32 [rows, N] log-probabilities at temperature 1 (the model's own
-    distribution), 0 where the completion is masked out.
+    float32 [rows, N, vocab] next-token log-distributions at temperature 1 (the
+    model's own), taken at the previous real token of each completion column.
   """
   tokens, mask = build_scoring_sequence(context_tokens, context_mask, completion_tokens,
                                         completion_mask)
@@ -92,10 +93,24 @@ def completion_logprobs(model: Transformer, context_tokens: jax.Array, context_m
   # Gather the predicting positions first, so the log-softmax runs on [rows, N, vocab] only.
   source = jnp.maximum(previous_real_position(mask)[:, context_len:], 0)       # [rows, N]
   predicting = jnp.take_along_axis(logits, source[:, :, None], axis=1)         # [rows, N, vocab]
-  log_probs = jax.nn.log_softmax(predicting.astype(jnp.float32), axis=-1)
-  logp = jnp.take_along_axis(log_probs, completion_tokens.astype(jnp.int32)[:, :, None],
+  return jax.nn.log_softmax(predicting.astype(jnp.float32), axis=-1)
+
+
+def token_logprobs_of(log_distributions: jax.Array, completion_tokens: jax.Array,
+                      completion_mask: jax.Array) -> jax.Array:
+  """[rows, N, vocab] log-distributions -> [rows, N] log-probs of the tokens (0 where masked)."""
+  logp = jnp.take_along_axis(log_distributions, completion_tokens.astype(jnp.int32)[:, :, None],
                              axis=-1)[..., 0]
   return jnp.where(completion_mask, logp, 0.0)
+
+
+def completion_logprobs(model: Transformer, context_tokens: jax.Array, context_mask: jax.Array,
+                        completion_tokens: jax.Array, completion_mask: jax.Array) -> jax.Array:
+  """log pi(completion token | context, earlier completion tokens): float32 [rows, N], 0 where
+  the completion is masked out (see `completion_log_distributions`)."""
+  return token_logprobs_of(completion_log_distributions(
+      model, context_tokens, context_mask, completion_tokens, completion_mask),
+      completion_tokens, completion_mask)
 
 
 def edit_distance(tokens_a: jax.Array, length_a: jax.Array, tokens_b: jax.Array,

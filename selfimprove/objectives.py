@@ -51,7 +51,7 @@ def teacher_forced_exact_match(logits: jax.Array, tokens: jax.Array, loss_mask: 
 # grouped samples are [num_prompts * n] with the n rows of one prompt
 # contiguous (the layout `sampling.sample` produces).
 
-KL_ESTIMATORS = ("k1", "k3")
+KL_ESTIMATORS = ("exact", "k1", "k3")
 ADVANTAGE_ESTIMATORS = ("reinforce", "rloo", "group_mean")
 
 
@@ -76,12 +76,35 @@ def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
 
 
 def per_token_kl(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
-  """Per-token KL estimate [...] by name: "k1" or "k3" (see `kl_k1`, `kl_k3`)."""
+  """Per-token KL estimate [...] from sampled tokens' log-probs: "k1" or "k3" (see `kl_k1`, `kl_k3`)."""
   if estimator == "k1":
     return kl_k1(logp, ref_logp)
   if estimator == "k3":
     return kl_k3(logp, ref_logp)
-  raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}.")
+  raise ValueError(f"Sampled-token KL estimator must be 'k1' or 'k3', got {estimator!r}.")
+
+
+def exact_kl(log_probs: jax.Array, ref_log_probs: jax.Array) -> jax.Array:
+  """Per-position KL(pi || ref) = sum_v pi(v) (log pi(v) - log ref(v)), exactly.
+
+  log_probs, ref_log_probs: [..., vocab] normalised log-distributions -> [...].
+  Zero iff the two distributions are equal; its gradient is that of KL(pi || ref)
+  itself (the paper's penalty), unlike a sampled estimate's.
+  """
+  return jnp.sum(jnp.exp(log_probs) * (log_probs - ref_log_probs), axis=-1)
+
+
+def turn_kl(log_probs: jax.Array, ref_log_probs: jax.Array, logp: jax.Array,
+            ref_logp: jax.Array, estimator: str) -> jax.Array:
+  """Per-token KL(pi || ref) [rows, N] of a turn by name: "exact", "k1" or "k3".
+
+  log_probs, ref_log_probs: [rows, N, vocab] next-token log-distributions at the
+  turn's positions (for "exact"); logp, ref_logp: [rows, N] the sampled tokens'
+  log-probs under each (for "k1"/"k3").
+  """
+  if estimator == "exact":
+    return exact_kl(log_probs, ref_log_probs)
+  return per_token_kl(logp, ref_logp, estimator)
 
 
 def _groups(rewards: jax.Array, num_samples_per_prompt: int) -> jax.Array:

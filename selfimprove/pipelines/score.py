@@ -11,19 +11,24 @@ the current and the frozen reference policy, and takes one optimizer step on
       PG(turn 1, r1) + beta1 * KL_turn1  + PG(turn 2, r2 + alpha (r2 - r1)) + beta1 * KL_turn2
 
 where PG is REINFORCE (`objectives.policy_gradient_loss`; optional RLOO or
-group-mean baselines) and each KL is a per-token estimate over that turn's own
-tokens given that turn's own context. The stage is a traced `where` on the
-coefficients, so both stages share one compiled step.
+group-mean baselines) and each KL is per token over that turn's own tokens
+given that turn's own context: exact (the full next-token distributions, the
+paper's KL(pi || ref)) or a sampled-token estimate (k1, k3). The stage is a
+traced `where` on the coefficients, so both stages share one compiled step.
 
-Modes (`SCoReConfig.mode`), the same code with different coefficients:
-  "score": the method above.
-  "multiturn_rl_baseline": Stage II only, alpha = 0 (the paper's "without
-      Stage I, without shaping" multi-turn RL baseline).
-  "star_baseline": STaR-style SFT on the model's own two-turn traces whose
-      attempt 2 is correct: maximum likelihood of attempt 2 given [x, y1, p]
-      on the kept traces (REINFORCE with a 0/1 advantage = r2 on turn 2, no
-      turn-1 term, no KL). Attempt 1 is not trained: imitating the kept
-      traces' wrong first attempts would lower Acc@t1 and inflate Delta.
+Modes (`SCoReConfig.mode`), each its own loss function in `LOSSES`:
+  "score": `score_loss`, the method above.
+  "score_without_stage1", "score_without_shaping": the paper's ablations,
+      `score_loss` with stage1_steps = 0 or alpha = 0 (set by SCoReConfig).
+  "multiturn_rl_baseline": `multiturn_rl_loss`, the paper's multi-turn RL
+      baseline (no Stage I, no shaping: both turns' rewards, beta1 KL on both).
+  "star_baseline": `online_star_loss`, STaR-style SFT on the model's own
+      two-turn traces of this step whose attempt 2 is correct: maximum
+      likelihood of attempt 2 given [x, y1, p] (REINFORCE with a 0/1 advantage
+      = r2 on turn 2, no turn-1 term, no KL). Attempt 1 is not trained:
+      imitating the kept traces' wrong first attempts would lower Acc@t1 and
+      inflate Delta. Online, unlike the paper's STaR (D+ sampled once from the
+      starting model).
 
 Deviation notes: log-probs are re-scored at temperature 1; with a sampling
 `temperature` != 1 the samples come from a different distribution than the
@@ -44,11 +49,12 @@ from selfimprove import multiturn
 from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.score_demos import demo_rows
 from selfimprove.objectives import (ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, advantages,
-                                    per_token_kl, policy_gradient_loss, score_shaped_rewards)
+                                    policy_gradient_loss, score_shaped_rewards, turn_kl)
 from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState
 
-MODES = ("score", "multiturn_rl_baseline", "star_baseline")
+MODES = ("score", "score_without_stage1", "score_without_shaping", "multiturn_rl_baseline",
+         "star_baseline")   # the keys of LOSSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +69,18 @@ class SCoReConfig:
     alpha: shaping coefficient of the turn-2 bonus alpha * (r2 - r1) (10).
     beta1: Stage II KL weight on both turns (0.01).
     beta2: Stage I KL weight on turn 1 (0.1).
-    kl_estimator: "k1" or "k3" (see objectives.kl_k1/kl_k3). Default k3: as a
-      loss term k1's gradient has zero expectation (it only adds noise).
+    kl_estimator: "exact" (objectives.exact_kl, the paper's KL(pi || ref) from
+      the full distributions), "k1" or "k3" (sampled-token estimates,
+      objectives.kl_k1/kl_k3; k3's gradient is that of KL(ref || pi), k1's has
+      zero expectation). Default k3, which the results in docs/results/score.md
+      were measured with.
     advantage: "reinforce" (the paper's plain REINFORCE), "rloo" or "group_mean".
     num_samples_per_prompt: attempt-1 samples per prompt (each gets one attempt 2).
     temperature: sampling temperature of both attempts in training (1.0).
-    mode: "score", "multiturn_rl_baseline" (forces stage1_steps = 0 and
-      alpha = 0) or "star_baseline" (forces stage1_steps = 0).
+    mode: "score", the ablations "score_without_stage1" (forces stage1_steps
+      = 0) and "score_without_shaping" (forces alpha = 0), or the baselines
+      "multiturn_rl_baseline" (forces stage1_steps = 0 and alpha = 0) and
+      "star_baseline" (forces stage1_steps = 0); see LOSSES.
     eval_greedy: greedy decoding of both attempts in `evaluate`; otherwise
       sampled at `eval_temperature`.
     eval_temperature: temperature for sampled evaluation.
@@ -115,9 +126,10 @@ class SCoReConfig:
       raise ValueError(f"SCoReConfig.beta1/beta2 must be >= 0, got {self.beta1}/{self.beta2}.")
     if self.mode not in MODES:
       raise ValueError(f"SCoReConfig.mode must be one of {MODES}, got {self.mode!r}.")
-    if self.mode != "score":
+    # The ablations and baselines drop SCoRe's parts by their coefficients.
+    if self.mode not in ("score", "score_without_shaping"):
       object.__setattr__(self, "stage1_steps", 0)
-    if self.mode == "multiturn_rl_baseline":
+    if self.mode in ("score_without_shaping", "multiturn_rl_baseline"):
       object.__setattr__(self, "alpha", 0.0)
 
 
@@ -138,50 +150,84 @@ class TwoTurnRollout(NamedTuple):
   reward_t2: jax.Array        # [rows] float32 in {0, 1}
 
 
-def score_loss(logp_t1: jax.Array, ref_logp_t1: jax.Array, mask_t1: jax.Array,
-               logp_t2: jax.Array, ref_logp_t2: jax.Array, mask_t2: jax.Array,
+def _aux(kl_t1: jax.Array, mask_t1: jax.Array, kl_t2: jax.Array, mask_t2: jax.Array,
+         used_reward_t2: jax.Array) -> dict[str, jax.Array]:
+  """Metrics of every loss: mean over rows of each turn's sequence KL, the turn-2 reward used."""
+  sequence_kl = lambda kl, mask: jnp.mean(jnp.sum(jnp.where(mask, kl, 0.0), axis=1))
+  return {"kl_t1": jax.lax.stop_gradient(sequence_kl(kl_t1, mask_t1)),
+          "kl_t2": jax.lax.stop_gradient(sequence_kl(kl_t2, mask_t2)),
+          "shaped_reward_t2": jnp.mean(used_reward_t2)}
+
+
+def score_loss(logp_t1: jax.Array, kl_t1: jax.Array, mask_t1: jax.Array,
+               logp_t2: jax.Array, kl_t2: jax.Array, mask_t2: jax.Array,
                reward_t1: jax.Array, reward_t2: jax.Array, in_stage1: jax.Array,
                config: SCoReConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The SCoRe loss of one step from per-turn arrays (pure; see the module docstring).
 
   Args:
-    logp_t1, ref_logp_t1, mask_t1: [rows, N] attempt-1 token log-probs under
-      the policy (differentiable) and the reference, and the completion mask.
-    logp_t2, ref_logp_t2, mask_t2: the same for attempt 2 (given [x, y1, p]).
+    logp_t1, kl_t1, mask_t1: [rows, N] attempt-1 token log-probs under the
+      policy (differentiable), per-token KL(pi || ref) (`objectives.turn_kl`,
+      differentiable) and the completion mask.
+    logp_t2, kl_t2, mask_t2: the same for attempt 2 (given [x, y1, p]).
     reward_t1, reward_t2: [rows] verifier rewards.
     in_stage1: [] bool (traced), True during Stage I.
-    config: static settings (mode, alpha, betas, estimators).
+    config: static settings (alpha, betas, advantage estimator).
 
   Returns:
     (scalar loss, aux) with aux["kl_t1"], aux["kl_t2"]: mean over rows of the
-    sequence KL estimate, and aux["shaped_reward_t2"]: mean turn-2 reward used.
+    sequence KL, and aux["shaped_reward_t2"]: mean turn-2 reward used.
   """
-  ref_logp_t1, ref_logp_t2 = jax.lax.stop_gradient((ref_logp_t1, ref_logp_t2))
-  kl_t1 = per_token_kl(logp_t1, ref_logp_t1, config.kl_estimator)
-  kl_t2 = per_token_kl(logp_t2, ref_logp_t2, config.kl_estimator)
   n, estimator = config.num_samples_per_prompt, config.advantage
-  if config.mode == "star_baseline":
-    # Keep traces whose attempt 2 is right; maximum likelihood of that attempt 2 given [x, y1, p].
-    adv_t1 = jnp.zeros_like(reward_t1)
-    adv_t2 = reward_t2
-    kl_coef_t1 = kl_coef_t2 = 0.0
-    used_reward_t2 = reward_t2
-  else:
-    shaped_t1, shaped_t2 = score_shaped_rewards(reward_t1, reward_t2, config.alpha)
-    # Stage I: no reward on turn 1 (only its KL, weight beta2), unshaped reward on turn 2, no turn-2 KL.
-    adv_t1 = jnp.where(in_stage1, 0.0, advantages(shaped_t1, n, estimator))
-    adv_t2 = jnp.where(in_stage1, advantages(reward_t2, n, estimator),
-                       advantages(shaped_t2, n, estimator))
-    kl_coef_t1 = jnp.where(in_stage1, config.beta2, config.beta1)
-    kl_coef_t2 = jnp.where(in_stage1, 0.0, config.beta1)
-    used_reward_t2 = jnp.where(in_stage1, reward_t2, shaped_t2)
+  shaped_t1, shaped_t2 = score_shaped_rewards(reward_t1, reward_t2, config.alpha)
+  # Stage I: no reward on turn 1 (only its KL, weight beta2), unshaped reward on turn 2, no turn-2 KL.
+  adv_t1 = jnp.where(in_stage1, 0.0, advantages(shaped_t1, n, estimator))
+  adv_t2 = jnp.where(in_stage1, advantages(reward_t2, n, estimator),
+                     advantages(shaped_t2, n, estimator))
+  kl_coef_t1 = jnp.where(in_stage1, config.beta2, config.beta1)
+  kl_coef_t2 = jnp.where(in_stage1, 0.0, config.beta1)
   loss = (policy_gradient_loss(logp_t1, mask_t1, adv_t1, kl_t1, kl_coef_t1) +
           policy_gradient_loss(logp_t2, mask_t2, adv_t2, kl_t2, kl_coef_t2))
-  sequence_kl = lambda kl, mask: jnp.mean(jnp.sum(jnp.where(mask, kl, 0.0), axis=1))
-  aux = {"kl_t1": jax.lax.stop_gradient(sequence_kl(kl_t1, mask_t1)),
-         "kl_t2": jax.lax.stop_gradient(sequence_kl(kl_t2, mask_t2)),
-         "shaped_reward_t2": jnp.mean(used_reward_t2)}
-  return loss, aux
+  return loss, _aux(kl_t1, mask_t1, kl_t2, mask_t2, jnp.where(in_stage1, reward_t2, shaped_t2))
+
+
+def multiturn_rl_loss(logp_t1: jax.Array, kl_t1: jax.Array, mask_t1: jax.Array,
+                      logp_t2: jax.Array, kl_t2: jax.Array, mask_t2: jax.Array,
+                      reward_t1: jax.Array, reward_t2: jax.Array, in_stage1: jax.Array,
+                      config: SCoReConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The paper's multi-turn RL baseline (no Stage I, no shaping), arguments as `score_loss`:
+
+      PG(turn 1, r1) + beta1 * KL_t1 + PG(turn 2, r2) + beta1 * KL_t2
+  """
+  del in_stage1   # one stage
+  n, estimator = config.num_samples_per_prompt, config.advantage
+  loss = (policy_gradient_loss(logp_t1, mask_t1, advantages(reward_t1, n, estimator), kl_t1,
+                               config.beta1) +
+          policy_gradient_loss(logp_t2, mask_t2, advantages(reward_t2, n, estimator), kl_t2,
+                               config.beta1))
+  return loss, _aux(kl_t1, mask_t1, kl_t2, mask_t2, reward_t2)
+
+
+def online_star_loss(logp_t1: jax.Array, kl_t1: jax.Array, mask_t1: jax.Array,
+                     logp_t2: jax.Array, kl_t2: jax.Array, mask_t2: jax.Array,
+                     reward_t1: jax.Array, reward_t2: jax.Array, in_stage1: jax.Array,
+                     config: SCoReConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Online STaR (mode "star_baseline"), arguments as `score_loss`: maximum likelihood of
+  attempt 2 given [x, y1, p] on this step's traces whose attempt 2 is right (REINFORCE with
+  the 0/1 reward as weight); no turn-1 term, no KL. Not the paper's offline STaR, whose D+
+  is sampled once from the starting model.
+  """
+  del logp_t1, reward_t1, in_stage1, config
+  loss = policy_gradient_loss(logp_t2, mask_t2, reward_t2, kl_t2, 0.0)
+  return loss, _aux(kl_t1, mask_t1, kl_t2, mask_t2, reward_t2)
+
+
+# config.score.mode -> the loss the step minimises (same arguments; see each docstring). The
+# paper's two ablations are SCoRe's loss with a part switched off by SCoReConfig (stage1_steps
+# = 0: no Stage I; alpha = 0: no shaping bonus).
+LOSSES = {"score": score_loss, "score_without_stage1": score_loss,
+          "score_without_shaping": score_loss, "multiturn_rl_baseline": multiturn_rl_loss,
+          "star_baseline": online_star_loss}
 
 
 def correction_metrics(rollout: TwoTurnRollout) -> dict[str, jax.Array]:
@@ -251,26 +297,35 @@ class SCoRe:
         reward_t1=self.verifier(first.tokens, first.completion_mask, rows),
         reward_t2=self.verifier(second.tokens, second.completion_mask, rows))
 
-  def turn_logprobs(self, params: dict, rollout: TwoTurnRollout) -> tuple[jax.Array, jax.Array]:
-    """Token log-probs [rows, N] of attempt 1 given x and of attempt 2 given [x, y1, p]."""
+  def turn_log_distributions(self, params: dict, rollout: TwoTurnRollout
+                             ) -> tuple[jax.Array, jax.Array]:
+    """Next-token log-distributions [rows, N, vocab] of attempt 1 given x and of attempt 2
+    given [x, y1, p]."""
     model = nnx.merge(self.graphdef, params)
-    logp_t1 = multiturn.completion_logprobs(model, rollout.prompt_tokens, rollout.prompt_mask,
-                                            rollout.tokens_t1, rollout.mask_t1)
-    logp_t2 = multiturn.completion_logprobs(model, rollout.context_t2, rollout.context_mask_t2,
-                                            rollout.tokens_t2, rollout.mask_t2)
-    return logp_t1, logp_t2
+    dist_t1 = multiturn.completion_log_distributions(
+        model, rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens_t1, rollout.mask_t1)
+    dist_t2 = multiturn.completion_log_distributions(
+        model, rollout.context_t2, rollout.context_mask_t2, rollout.tokens_t2, rollout.mask_t2)
+    return dist_t1, dist_t2
 
   def step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
            ) -> tuple[TrainState, dict[str, jax.Array]]:
     rollout = self.rollout(state.params, batch, rng, self.sampling_config(train=True))
-    ref_logp_t1, ref_logp_t2 = self.turn_logprobs(state.extra["ref_params"], rollout)
+    ref_t1, ref_t2 = jax.lax.stop_gradient(
+        self.turn_log_distributions(state.extra["ref_params"], rollout))
+    ref_logp_t1 = multiturn.token_logprobs_of(ref_t1, rollout.tokens_t1, rollout.mask_t1)
+    ref_logp_t2 = multiturn.token_logprobs_of(ref_t2, rollout.tokens_t2, rollout.mask_t2)
     in_stage1 = state.step < self.config.stage1_steps
+    estimator, loss_of_mode = self.config.kl_estimator, LOSSES[self.config.mode]
 
     def loss_fn(params):
-      logp_t1, logp_t2 = self.turn_logprobs(params, rollout)
-      return score_loss(logp_t1, ref_logp_t1, rollout.mask_t1, logp_t2, ref_logp_t2,
-                        rollout.mask_t2, rollout.reward_t1, rollout.reward_t2, in_stage1,
-                        self.config)
+      dist_t1, dist_t2 = self.turn_log_distributions(params, rollout)
+      logp_t1 = multiturn.token_logprobs_of(dist_t1, rollout.tokens_t1, rollout.mask_t1)
+      logp_t2 = multiturn.token_logprobs_of(dist_t2, rollout.tokens_t2, rollout.mask_t2)
+      kl_t1 = turn_kl(dist_t1, ref_t1, logp_t1, ref_logp_t1, estimator)
+      kl_t2 = turn_kl(dist_t2, ref_t2, logp_t2, ref_logp_t2, estimator)
+      return loss_of_mode(logp_t1, kl_t1, rollout.mask_t1, logp_t2, kl_t2, rollout.mask_t2,
+                          rollout.reward_t1, rollout.reward_t2, in_stage1, self.config)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -325,4 +380,4 @@ def check_warm_start(settings: dict, warm_start_data: dict) -> None:
 
 
 __all__ = ["SCoRe", "SCoReConfig", "TwoTurnRollout", "build", "check_warm_start", "demo_rows",
-           "score_loss", "correction_metrics"]
+           "score_loss", "multiturn_rl_loss", "online_star_loss", "LOSSES", "correction_metrics"]

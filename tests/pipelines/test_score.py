@@ -7,8 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from selfimprove import multiturn
 from selfimprove.pipelines import score
-from selfimprove.pipelines.score import SCoRe, SCoReConfig, score_loss
+from selfimprove.objectives import exact_kl, kl_k1, kl_k3, turn_kl
+from selfimprove.pipelines.score import (LOSSES, SCoRe, SCoReConfig, multiturn_rl_loss,
+                                         online_star_loss, score_loss)
 from selfimprove.train_state import TrainState
 from selfimprove.verifiers import InGraphVerifier
 from tests.pipelines.helpers import (arithmetic_task, levenshtein, perturbed, real_tokens,
@@ -73,6 +76,10 @@ def test_config_validation_and_baseline_switches():
   assert (baseline.stage1_steps, baseline.alpha) == (0, 0.0)
   star = SCoReConfig(**base, stage1_steps=50, mode="star_baseline")
   assert star.stage1_steps == 0
+  no_stage1 = SCoReConfig(**base, stage1_steps=50, mode="score_without_stage1")
+  assert (no_stage1.stage1_steps, no_stage1.alpha) == (0, 10.0)
+  no_shaping = SCoReConfig(**base, stage1_steps=50, mode="score_without_shaping")
+  assert (no_shaping.stage1_steps, no_shaping.alpha) == (50, 0.0)
   paper = SCoReConfig(**base)
   assert (paper.alpha, paper.beta1, paper.beta2, paper.advantage) == (10.0, 0.01, 0.1, "reinforce")
   with pytest.raises(ValueError, match="not in the tokenizer alphabet"):
@@ -90,8 +97,14 @@ def _loss_inputs(seed=0, rows=4, length=3):
   return logp1, ref1, mask1, logp2, ref2, mask2, r1, r2
 
 
+def _with_k3(logp1, ref1, mask1, logp2, ref2, mask2, r1, r2):
+  """The loss functions' arguments: per-token k3 KL in place of the reference log-probs."""
+  return (logp1, kl_k3(logp1, ref1), mask1, logp2, kl_k3(logp2, ref2), mask2, r1, r2)
+
+
 def test_score_loss_by_hand_in_both_stages():
-  logp1, ref1, mask1, logp2, ref2, mask2, r1, r2 = arrays = _loss_inputs()
+  logp1, ref1, mask1, logp2, ref2, mask2, r1, r2 = inputs = _loss_inputs()
+  arrays = _with_k3(*inputs)
   config = SCoReConfig(correction_instruction="=", max_new_tokens=3, alpha=10.0, beta1=0.01,
                        beta2=0.1, kl_estimator="k3", num_samples_per_prompt=2)
   kl1, kl2 = seq_sum(k3(logp1, ref1), mask1), seq_sum(k3(logp2, ref2), mask2)
@@ -113,28 +126,43 @@ def test_score_loss_by_hand_in_both_stages():
   # Gradients in Stage I (k1, so d KL / d logp = 1): turn 1 gets beta2 / rows and no reward
   # term whatever r1 is; turn 2 gets -r2 / rows and no KL.
   k1_config = dataclasses.replace(config, kl_estimator="k1")
-  grad1, grad2 = jax.grad(lambda a, b: score_loss(a, ref1, mask1, b, ref2, mask2, r1, r2,
-                                                  jnp.array(True), k1_config)[0],
+  grad1, grad2 = jax.grad(lambda a, b: score_loss(a, kl_k1(a, ref1), mask1, b, kl_k1(b, ref2),
+                                                  mask2, r1, r2, jnp.array(True), k1_config)[0],
                           argnums=(0, 1))(logp1, logp2)
   np.testing.assert_allclose(grad1, np.where(mask1, 0.1 / 4, 0.0), atol=1e-7)
   np.testing.assert_allclose(grad2, np.where(mask2, -r2n[:, None] / 4, 0.0), atol=1e-7)
 
 
-def test_score_loss_baselines_by_hand():
-  logp1, ref1, mask1, logp2, ref2, mask2, r1, r2 = arrays = _loss_inputs(seed=1)
+def test_baseline_losses_by_hand():
+  logp1, ref1, mask1, logp2, ref2, mask2, r1, r2 = inputs = _loss_inputs(seed=1)
+  arrays = _with_k3(*inputs)
   s1, s2 = seq_sum(logp1, mask1), seq_sum(logp2, mask2)
   kl1, kl2 = seq_sum(k3(logp1, ref1), mask1), seq_sum(k3(logp2, ref2), mask2)
   r1n, r2n = np.asarray(r1), np.asarray(r2)
   common = dict(correction_instruction="=", max_new_tokens=3, num_samples_per_prompt=2)
   # Multi-turn RL baseline: Stage II from step 0 with alpha = 0.
   config = SCoReConfig(**common, stage1_steps=10, mode="multiturn_rl_baseline")
-  loss, _ = score_loss(*arrays, jnp.array(False), config)
+  assert LOSSES[config.mode] is multiturn_rl_loss
+  loss, _ = multiturn_rl_loss(*arrays, jnp.array(True), config)   # one stage, whatever in_stage1
   expected = -np.mean(r1n * s1) - np.mean(r2n * s2) + 0.01 * (np.mean(kl1) + np.mean(kl2))
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   # STaR: likelihood of attempt 2 of traces whose attempt 2 is right; no turn-1 term, no KL.
   config = SCoReConfig(**common, mode="star_baseline")
-  loss, _ = score_loss(*arrays, jnp.array(False), config)
+  assert LOSSES[config.mode] is online_star_loss
+  loss, _ = online_star_loss(*arrays, jnp.array(False), config)
   assert float(loss) == pytest.approx(-np.mean(r2n * s2), rel=1e-5)
+  # The ablations: Stage II without the shaping bonus; no Stage I (Stage II from step 0).
+  config = SCoReConfig(**common, stage1_steps=10, mode="score_without_shaping")
+  loss, _ = LOSSES[config.mode](*arrays, jnp.array(False), config)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)        # = multi-turn RL in Stage II
+  loss, _ = LOSSES[config.mode](*arrays, jnp.array(True), config)
+  assert float(loss) == pytest.approx(-np.mean(r2n * s2) + 0.1 * np.mean(kl1), rel=1e-5)
+  config = SCoReConfig(**common, stage1_steps=10, mode="score_without_stage1")
+  assert config.stage1_steps == 0
+  loss, _ = LOSSES[config.mode](*arrays, jnp.array(False), config)
+  shaped = r2n + 10 * (r2n - r1n)
+  assert float(loss) == pytest.approx(-np.mean(r1n * s1) - np.mean(shaped * s2) +
+                                      0.01 * (np.mean(kl1) + np.mean(kl2)), rel=1e-5)
   # RLOO with 2 samples per prompt: A = r - other = +-(r_a - r_b).
   config = SCoReConfig(**common, advantage="rloo")
   loss, _ = score_loss(*arrays, jnp.array(False), config)
@@ -143,6 +171,29 @@ def test_score_loss_baselines_by_hand():
   expected = (-np.mean(rloo(r1n) * s1) - np.mean(rloo(shaped) * s2) +
               0.01 * (np.mean(kl1) + np.mean(kl2)))
   assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_exact_kl_is_the_kl_of_the_two_distributions_and_zero_for_identical_ones():
+  rng = np.random.default_rng(3)
+  logits, ref_logits = rng.normal(size=(2, 4, 3, 7)) * 2
+  log_p = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+  log_q = jax.nn.log_softmax(jnp.asarray(ref_logits, jnp.float32), axis=-1)
+  p, q = np.exp(np.asarray(log_p, np.float64)), np.exp(np.asarray(log_q, np.float64))
+  direct = np.sum(p * np.log(p / q), axis=-1)                      # sum_v p(v) log p(v)/q(v)
+  np.testing.assert_allclose(exact_kl(log_p, log_q), direct, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(exact_kl(log_p, log_q)) > 0)
+  np.testing.assert_allclose(exact_kl(log_p, log_p), 0.0, atol=1e-7)
+  # Its gradient is zero at ref = pi (a minimum), unlike a sampled estimate's.
+  grad = jax.grad(lambda z: jnp.sum(exact_kl(jax.nn.log_softmax(z), log_p)))(
+      jnp.asarray(logits, jnp.float32))
+  np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+  # turn_kl: "exact" from the distributions; "k1"/"k3" from the sampled tokens' log-probs.
+  tokens = jnp.asarray(rng.integers(0, 7, size=(4, 3)))
+  take = lambda lp: np.take_along_axis(np.asarray(lp), np.asarray(tokens)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(turn_kl(log_p, log_q, take(log_p), take(log_q), "exact"), direct,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(turn_kl(log_p, log_q, take(log_p), take(log_q), "k3"),
+                             kl_k3(take(log_p), take(log_q)), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -181,19 +232,30 @@ def test_steps_change_params_with_finite_metrics_and_one_compile(parity_run):
   assert parity_run["step"]._cache_size() == 1, "the step recompiled across steps or stages"
 
 
+def _replay_fn(pipeline, state, batch, key):
+  rollout = pipeline.rollout(state.params, batch, key, pipeline.sampling_config(train=True))
+  dists = pipeline.turn_log_distributions(state.params, rollout)
+  refs = pipeline.turn_log_distributions(state.extra["ref_params"], rollout)
+  token = lambda dist, tokens, mask: multiturn.token_logprobs_of(dist, tokens, mask)
+  logps = (token(dists[0], rollout.tokens_t1, rollout.mask_t1),
+           token(dists[1], rollout.tokens_t2, rollout.mask_t2))
+  ref_logps = (token(refs[0], rollout.tokens_t1, rollout.mask_t1),
+               token(refs[1], rollout.tokens_t2, rollout.mask_t2))
+  return rollout, logps, ref_logps, dists, refs
+
+
+def _replay(pipeline, state, batch, key):
+  """A step's rollout, token log-probs (policy, ref) and log-distributions (policy, ref)."""
+  return jax.device_get(jax.jit(_replay_fn, static_argnums=0)(pipeline, state, batch, key))
+
+
 @pytest.mark.parametrize("index", [0, 2])
 def test_step_loss_matches_hand_computation_from_the_rollout(parity_run, index):
   """Step `index` (0: Stage I, 2: Stage II) re-done from its rollout, logps and rewards by hand."""
   pipeline, state = parity_run["pipeline"], parity_run["states"][index]
   step_metrics, key = parity_run["metrics"][index], parity_run["keys"][index]
 
-  @jax.jit
-  def replay(state, batch, key):
-    rollout = pipeline.rollout(state.params, batch, key, pipeline.sampling_config(train=True))
-    return (rollout, pipeline.turn_logprobs(state.params, rollout),
-            pipeline.turn_logprobs(state.extra["ref_params"], rollout))
-
-  rollout, (logp1, logp2), (ref1, ref2) = jax.device_get(replay(state, parity_run["batch"], key))
+  rollout, (logp1, logp2), (ref1, ref2) = _replay(pipeline, state, parity_run["batch"], key)[:3]
   mask1, mask2 = np.asarray(rollout.mask_t1), np.asarray(rollout.mask_t2)
   r1, r2 = np.asarray(rollout.reward_t1), np.asarray(rollout.reward_t2)
   assert 0 < r1.mean() < 1 and 0 < r2.mean() < 1, "want mixed rewards for a meaningful check"
@@ -217,6 +279,21 @@ def test_step_loss_matches_hand_computation_from_the_rollout(parity_run, index):
   tokens = (rollout.prompt_mask.sum() + rollout.lengths_t1.sum() + rollout.context_mask_t2.sum() +
             rollout.lengths_t2.sum())
   assert float(step_metrics["perf/tokens"]) == float(tokens)
+
+
+def test_the_step_with_the_exact_kl_penalises_the_kl_of_the_distributions(parity_run):
+  """kl_estimator="exact": the logged KL is sum_t KL(pi_t || ref_t) of the re-scored turns."""
+  base = parity_run["pipeline"]
+  pipeline = dataclasses.replace(base, config=dataclasses.replace(base.config, kl_estimator="exact"))
+  state, key = parity_run["states"][2], parity_run["keys"][2]
+  _, metrics = jax.jit(pipeline.step)(state, parity_run["batch"], key)
+  rollout, _, _, (dist1, dist2), (ref1, ref2) = _replay(pipeline, state, parity_run["batch"], key)
+  for dist, ref, mask, name in ((dist1, ref1, rollout.mask_t1, "train/kl_t1"),
+                                (dist2, ref2, rollout.mask_t2, "train/kl_t2")):
+    p, q = np.exp(np.asarray(dist, np.float64)), np.exp(np.asarray(ref, np.float64))
+    per_token = np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+    assert float(metrics[name]) == pytest.approx(np.mean(seq_sum(per_token, mask)), rel=1e-4)
+    assert float(metrics[name]) > 0
 
 
 def test_evaluate_figures_match_the_attempts(parity_run):
