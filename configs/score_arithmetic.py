@@ -10,9 +10,10 @@ from its parameters (`init_from`). It prints a before/after table of the eval
 figures (eval/acc_t1, eval/acc_t2, eval/delta, eval/delta_i2c, eval/delta_c2i)
 and saves their curves in DIR/eval_curves.png. Relaunching resumes either stage.
 
-Baselines are switches of the same pipeline: `--config.score.mode=multiturn_rl_baseline`
-(no Stage I, alpha = 0) and `--config.score.mode=star_baseline` (SFT on the model's own
-traces whose second attempt is correct). To start from another model instead, pass
+Baselines and ablations are named losses of the same pipeline (`--config.score.mode=`):
+`multiturn_rl_baseline` (no Stage I, alpha = 0), `star_baseline` (online STaR: SFT on the
+model's own traces of each step whose second attempt is correct), `score_without_stage1`,
+`score_without_shaping`. `--config.score.kl_estimator=exact` uses the paper's exact KL. To start from another model instead, pass
 `--config.init_from=DIR/params` (the warm start is then skipped).
 
 Expected result (tiny, 2-core CPU, 3 min for seed 0): greedy held-out Delta(t1, t2) from
