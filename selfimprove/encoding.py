@@ -24,7 +24,7 @@ import numpy as np
 
 from selfimprove.problems import Problems
 from selfimprove.tasks.base import describe_example
-from selfimprove.tokenizers import Tokenizer
+from selfimprove.tokenizers import Tokenizer, pad_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,15 +148,6 @@ def measure_lengths(encoder: TextEncoder, examples_by_split: dict[str, Sequence[
   return limits["prompt"] or longest["prompt"], limits["answer"] or longest["answer"]
 
 
-def _pad(ids: Sequence[int], length: int, pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
-  tokens = np.full(length, pad_id, np.int32)
-  mask = np.zeros(length, bool)
-  start = length - len(ids) if left else 0
-  tokens[start:start + len(ids)] = ids
-  mask[start:start + len(ids)] = True
-  return tokens, mask
-
-
 class RowEncoder:
   """(record_id, example) -> one batch row (see the module docstring); picklable for Grain."""
 
@@ -177,8 +168,8 @@ class RowEncoder:
         raise ValueError(f"{describe_example(example, record_id, 'record')}: the {part} is "
                          f"{len(ids)} tokens, more than the batches' {length}.")
     pad = self.encoder.tokenizer.pad_id
-    prompt_tokens, prompt_mask = _pad(prompt_ids, self.prompt_len, pad, left=True)
-    answer_tokens, answer_mask = _pad(answer_ids, self.answer_len, pad, left=False)
+    prompt_tokens, prompt_mask = pad_ids(prompt_ids, self.prompt_len, pad, "left")
+    answer_tokens, answer_mask = pad_ids(answer_ids, self.answer_len, pad, "right")
     return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
             "answer_tokens": answer_tokens, "answer_mask": answer_mask,
             "record_id": np.int32(record_id), **self.example_arrays(example)}

@@ -9,6 +9,7 @@ selfimprove/pipelines/__init__.py); nothing here names one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import ml_collections
@@ -94,7 +95,7 @@ class RunData:
   train_rows: Callable[[tuple[int, dict]], dict]   # may add correction demos
   eval_rows: encoding.RowEncoder
 
-  @property
+  @functools.cached_property
   def records(self) -> list[dict]:
     """Every example, indexed by record_id."""
     return [example for _, example in self.train] + [example for _, example in self.eval]

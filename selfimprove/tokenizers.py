@@ -101,6 +101,22 @@ class CharTokenizer(_FixedSpecialIds):
     return "".join(self.alphabet[int(i) - 3] for i in ids if 3 <= int(i) < self.vocab_size)
 
 
+def pad_ids(ids: Sequence[int], length: int, pad_id: int, padding_side: str = "left"
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """One row of ids padded to `length`: (tokens int32 [length], mask bool [length]).
+
+  The caller checks that `ids` fits (a longer row would need a name in the error).
+  """
+  if padding_side not in ("left", "right"):
+    raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+  tokens = np.full(length, pad_id, np.int32)
+  mask = np.zeros(length, bool)
+  start = length - len(ids) if padding_side == "left" else 0
+  tokens[start:start + len(ids)] = ids
+  mask[start:start + len(ids)] = True
+  return tokens, mask
+
+
 def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], length: int, *,
                  add_bos: bool = False, add_eos: bool = False,
                  padding_side: str = "left") -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +140,5 @@ def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], length: int, *,
       raise ValueError(
           f"Text {row} ({text[:40]!r}...) is {len(ids)} tokens long, more than the "
           f"configured length {length}; raise the length or shorten the text.")
-    start = length - len(ids) if padding_side == "left" else 0
-    tokens[row, start:start + len(ids)] = ids
-    mask[row, start:start + len(ids)] = True
+    tokens[row], mask[row] = pad_ids(ids, length, tokenizer.pad_id, padding_side)
   return tokens, mask

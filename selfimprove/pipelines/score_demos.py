@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from selfimprove.encoding import RowEncoder
+from selfimprove.tokenizers import pad_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +94,11 @@ class CorrectionDemoEncoder:
     if draft is not None:
       draft_ids = np.asarray(self.rows.encoder.answer_ids(draft), np.int32)
       real_prompt = np.concatenate([real_prompt, draft_ids, self.instruction_ids])
-    pad = self.prompt_len - len(real_prompt)
-    if pad < 0:
+    if len(real_prompt) > self.prompt_len:
       raise ValueError(f"the correction demo of {item[1].get('source', item[0])} is "
                        f"{len(real_prompt)} tokens, more than {self.prompt_len}.")
-    row["prompt_tokens"] = np.concatenate([np.full(pad, self.rows.encoder.tokenizer.pad_id, np.int32),
-                                           real_prompt.astype(np.int32)])
-    row["prompt_mask"] = np.arange(self.prompt_len) >= pad
+    row["prompt_tokens"], row["prompt_mask"] = pad_ids(
+        real_prompt.astype(np.int32), self.prompt_len, self.rows.encoder.tokenizer.pad_id, "left")
     return row
 
 
