@@ -1,17 +1,20 @@
-"""SCoRe vs its two baselines over seeds: runs (or resumes) every run, then prints the table.
+"""SCoRe vs the paper's baselines and ablations over seeds: runs (or resumes) every run, then
+prints the table and draws the curves.
 
     python bench/score_seeds.py --workdir=/tmp/score_seeds --seeds=0,1,2
 
 For each seed s: the one-command SCoRe run in DIR/seed{s}/score (which first
 trains the config's `warm_start` section with seed s in DIR/seed{s}/score/warm_start),
-then each baseline from those same warm-start parameters (`--config.init_from`):
-DIR/seed{s}/{multiturn_rl_baseline, star_baseline} (`--config.score.mode`). Every run is `launch/train.py` with the flags printed
-before it starts, so each can be repeated by hand; finished runs are skipped, and
-an interrupted one resumes. The table reads each run's step-0 eval (the warm
-start) and final eval from its metrics.jsonl (greedy attempts, as logged during
-training) and adds the same figures with both attempts sampled at
---sampled_temperature (one fixed key per seed): mean +- sample std over seeds,
-then every seed's value. It is printed and written to DIR/table.md and DIR/table.json.
+then each other method from those same warm-start parameters (`--config.init_from`)
+in DIR/seed{s}/<mode> (`--config.score.mode`, see --modes). Every run is
+`launch/train.py` with the flags printed before it starts, so each can be repeated
+by hand; finished runs are skipped, and an interrupted one resumes. The table reads
+each run's step-0 eval (the warm start) and final eval from its metrics.jsonl
+(greedy attempts, as logged during training) and adds the same figures with both
+attempts sampled at --sampled_temperature (one fixed key per seed): mean +- sample
+std over seeds, then every seed's value. It is printed and written to
+DIR/table.md and DIR/table.json; eval/delta and eval/acc_t2 at every eval step
+of every method (mean and min..max over seeds) are drawn in DIR/curves.png.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from absl import app, flags, logging
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODES = ("score", "multiturn_rl_baseline", "star_baseline")
+MODES = ("score", "multiturn_rl_baseline", "offline_star_baseline", "online_star_baseline",
+         "pair_sft_baseline", "score_without_stage1", "score_without_shaping")
 FIGURES = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "changed")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of all runs.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed of both stages).")
 _CONFIG = flags.DEFINE_string("config", "configs/score_arithmetic.py:tiny", "Config[:preset].")
 _EXTRA = flags.DEFINE_multi_string("override", [], "Extra --config.x=y flags for every SCoRe run.")
+_MODES = flags.DEFINE_list("modes", list(MODES), "config.score.mode of the runs; score first.")
 _SAMPLED_TEMPERATURE = flags.DEFINE_float(
     "sampled_temperature", 1.0, "Also evaluate every final model with both attempts sampled at "
     "this temperature (0 = skip); the paper reports greedy and sampled figures.")
@@ -72,6 +77,14 @@ def _sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
   from selfimprove.run import build_run
 
   config = get_config(_CONFIG.value.partition(":")[2] or "tiny").unlock()
+  for flag in _EXTRA.value:        # the runs' own overrides (e.g. the task), "--config.a.b=v"
+    path, _, raw = flag.removeprefix("--config.").partition("=")
+    *parents, leaf = path.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    old = node[leaf]
+    node[leaf] = raw.lower() in ("1", "true") if isinstance(old, bool) else type(old)(raw)
   config.score.update(dict(mode=mode, eval_greedy=False,
                            eval_temperature=_SAMPLED_TEMPERATURE.value))
   config.init_from = os.path.join(run, "params")
@@ -89,20 +102,47 @@ def _cell(values: list[float]) -> str:
   return f"{values.mean():.1f}{spread} ({', '.join(f'{v:.1f}' for v in values)})"
 
 
+def _plot(trajectories: dict, seeds: list[int], path: str) -> None:
+  """eval/delta and eval/acc_t2 against step: mean over seeds, shaded from min to max."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  figure = Figure(figsize=(11, 4.2))
+  FigureCanvasAgg(figure)
+  for axis, (name, by_mode) in zip(figure.subplots(1, 2), trajectories.items()):
+    for mode, by_seed in by_mode.items():
+      steps = sorted(by_seed[seeds[0]])
+      values = np.array([[by_seed[s][step] * 100 for step in steps] for s in seeds])
+      line, = axis.plot(steps, values.mean(0), marker="o", markersize=3,
+                        linewidth=2.5 if mode == "score" else 1.2, label=mode)
+      axis.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.12)
+    axis.set_xlabel("training step")
+    axis.set_ylabel(f"greedy eval/{name} (%)")
+    axis.grid(alpha=0.3)
+  figure.axes[0].axhline(0, color="black", linewidth=0.8)
+  figure.axes[1].legend(fontsize=7, loc="lower right")
+  figure.suptitle(f"held-out, mean over seeds {seeds} (shaded: min..max)", fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in _SEEDS.value]
-  methods = ("warm start",) + MODES
+  modes = tuple(_MODES.value)
+  if modes[0] != "score":
+    raise app.UsageError("--modes must start with score (its run trains the warm start).")
+  methods = ("warm start",) + modes
   if _SAMPLED_TEMPERATURE.value > 0:
     methods += tuple(f"{method}, sampled" for method in methods)
   results: dict[str, dict[int, dict]] = {method: {} for method in methods}
-  trajectories: dict[str, dict[int, dict[int, float]]] = {}
+  trajectories: dict[str, dict[str, dict[int, dict[int, float]]]] = {"delta": {}, "acc_t2": {}}
   for seed in seeds:
     seed_dir = os.path.join(_WORKDIR.value, f"seed{seed}")
     # SCoRe first: the one-command demo, which trains the warm start in score/warm_start.
     warm = os.path.join(seed_dir, "score", "warm_start", "params")
-    for mode in MODES:
+    for mode in modes:
       run = os.path.join(seed_dir, mode)
       if not _finished(run):
         start = ([f"--config.warm_start.seed={seed}"] if mode == "score" else
@@ -110,7 +150,8 @@ def main(argv):
         _train(run, f"--config.seed={seed}", *start, f"--config.score.mode={mode}", *_EXTRA.value)
       evals = _eval_rows(run)
       results["warm start"][seed], results[mode][seed] = evals[0], evals[-1]
-      trajectories.setdefault(mode, {})[seed] = {r["step"]: r["eval/delta"] for r in evals}
+      for figure, by_mode in trajectories.items():
+        by_mode.setdefault(mode, {})[seed] = {r["step"]: r[f"eval/{figure}"] for r in evals}
       if _SAMPLED_TEMPERATURE.value > 0:
         results[f"{mode}, sampled"][seed] = _sampled_eval(run, seed, mode)
         if mode == "score":
@@ -121,13 +162,15 @@ def main(argv):
   for method, by_seed in results.items():
     cells = [_cell([by_seed[s][f"eval/{f}"] for s in seeds]) for f in FIGURES]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  # Greedy delta at every eval step (SCoRe's Stage I ends at config.score.stage1_steps).
-  steps = sorted(trajectories["score"][seeds[0]])
-  lines += ["", "| eval/delta (%) at step | " + " | ".join(map(str, steps)) + " |",
-            "|" + "---|" * (len(steps) + 1)]
-  for mode, by_seed in trajectories.items():
-    lines.append(f"| {mode} | " + " | ".join(_cell([by_seed[s][step] for s in seeds])
-                                            for step in steps) + " |")
+  # Greedy figures at every eval step (SCoRe's Stage I ends at config.score.stage1_steps).
+  steps = sorted(trajectories["delta"]["score"][seeds[0]])
+  for figure, by_mode in trajectories.items():
+    lines += ["", f"| eval/{figure} (%) at step | " + " | ".join(map(str, steps)) + " |",
+              "|" + "---|" * (len(steps) + 1)]
+    for mode, by_seed in by_mode.items():
+      lines.append(f"| {mode} | " + " | ".join(_cell([by_seed[s][step] for s in seeds])
+                                              for step in steps) + " |")
+  _plot(trajectories, seeds, os.path.join(_WORKDIR.value, "curves.png"))
   table = "\n".join(lines)
   print(table)
   with open(os.path.join(_WORKDIR.value, "table.md"), "w") as f:

@@ -27,7 +27,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.score = ml_collections.ConfigDict(dict(
       correction_instruction=INSTRUCTION, max_new_tokens=0,
       stage1_steps=2 if arg == "test" else 100,
-      alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator="k3", advantage="reinforce",
+      alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator="exact", advantage="reinforce",
       num_samples_per_prompt=2, temperature=1.0, mode="score",
       eval_greedy=True, eval_temperature=1.0))
   config.train.eval_at_start = True

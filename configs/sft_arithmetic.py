@@ -28,7 +28,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   config.task = ml_collections.ConfigDict(dict(
       name="arithmetic", min_digits=2, max_digits=2, operations="+",
-      eval_fraction=0.1, split_seed=0))
+      eval_fraction=0.1, split_seed=0, max_examples_per_split=0))
   # The run's tokenizer (selfimprove/run_tokenizer.py). "auto": the one saved with init_from,
   # else one id per character of the task's alphabet (here "0123456789+-*=", 17 ids with
   # pad/bos/eos). "hf" with path= a Hugging Face folder; chat_template wraps each prompt.

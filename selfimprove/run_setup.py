@@ -170,7 +170,7 @@ def build_pipeline(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
   entry = pipeline_registry.get_pipeline_entry(config.pipeline)
   pieces = RunPieces(graphdef=graphdef, optimizer=optimizer, encoder=data.encoder,
                      verifier=verifier, prompt_len=data.prompt_len, answer_len=data.answer_len,
-                     stop_token_ids=stop_token_ids(data.encoder.tokenizer))
+                     stop_token_ids=stop_token_ids(data.encoder.tokenizer), seed=config.seed)
   section = entry.section
   settings = config[section].to_dict() if section and section in config else {}
   try:

@@ -99,16 +99,40 @@ def _filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
   return logits
 
 
+def is_key_per_row(rng: jax.Array) -> bool:
+  """True for a [rows] array of typed keys, False for one key (typed [] or raw uint32 [2])."""
+  return jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.ndim == 1
+
+
+def fold_in(rng: jax.Array, data: int | jax.Array) -> jax.Array:
+  """`jax.random.fold_in` of one key, or of each key of a [rows] array of keys."""
+  if is_key_per_row(rng):
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, data)
+  return jax.random.fold_in(rng, data)
+
+
+def keys_per_sample(prompt_keys: jax.Array, num_samples_per_prompt: int) -> jax.Array:
+  """[batch] prompt keys -> [batch * n] row keys (row = prompt * n + j gets fold_in(key, j))."""
+  samples = jnp.arange(num_samples_per_prompt)
+  per_prompt = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(samples))
+  return per_prompt(prompt_keys).reshape(-1)
+
+
 def choose_tokens(logits: jax.Array, rng: jax.Array, config: SamplingConfig
                   ) -> tuple[jax.Array, jax.Array]:
-  """Picks one token per row from logits [rows, vocab]; returns (tokens, logprobs)."""
+  """Picks one token per row from logits [rows, vocab]; returns (tokens, logprobs).
+
+  `rng` is one key, or [rows] typed keys (row i draws with key i only)."""
   logits = logits.astype(jnp.float32)
   if config.greedy:
     tokens = jnp.argmax(logits, axis=-1)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
   else:
     filtered = _filter_logits(logits, config)
-    tokens = jax.random.categorical(rng, filtered, axis=-1)
+    if is_key_per_row(rng):
+      tokens = jax.vmap(jax.random.categorical)(rng, filtered)
+    else:
+      tokens = jax.random.categorical(rng, filtered, axis=-1)
     log_probs = jax.nn.log_softmax(filtered, axis=-1)
   token_logprobs = jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
   return tokens.astype(jnp.int32), token_logprobs
@@ -129,13 +153,18 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     prompt_tokens: [batch, prompt_len] int ids; padding anywhere (left padding
       is the natural layout), but every prompt needs at least one real token.
     prompt_mask: [batch, prompt_len] bool, False at padding.
-    rng: a `jax.random` key; the same key gives the same samples.
+    rng: a `jax.random` key; the same key gives the same samples. Or one typed
+      key per prompt ([batch], `jax.random.key`): then a prompt's samples depend
+      on its own key only, not on the rest of the batch (a dataset sampled "once"
+      from a frozen model, keyed by problem: selfimprove/pipelines/score_offline.py).
     config: static sampling settings.
 
   Returns:
     A Rollout with batch * num_samples_per_prompt rows.
   """
   n = config.num_samples_per_prompt
+  if is_key_per_row(rng):
+    rng = keys_per_sample(rng, n)
   prompt_tokens = jnp.repeat(prompt_tokens.astype(jnp.int32), n, axis=0)
   prompt_mask = jnp.repeat(prompt_mask.astype(bool), n, axis=0)
   rows, prompt_len = prompt_tokens.shape
@@ -146,7 +175,7 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
   last_real = prompt_len - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=1)
   first_logits = logits[jnp.arange(rows), last_real]          # [rows, vocab]
 
-  token, logprob = choose_tokens(first_logits, jax.random.fold_in(rng, 0), config)
+  token, logprob = choose_tokens(first_logits, fold_in(rng, 0), config)
   tokens = jnp.full((rows, max_new), config.pad_token_id, jnp.int32).at[:, 0].set(token)
   logprobs = jnp.zeros((rows, max_new), jnp.float32).at[:, 0].set(logprob)
   completion_mask = jnp.zeros((rows, max_new), bool).at[:, 0].set(True)
@@ -161,7 +190,7 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     previous = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1)            # [rows, 1]
     previous_real = jax.lax.dynamic_index_in_dim(completion_mask, step - 1, axis=1)
     logits, cache = model(previous, previous_real, cache)
-    token, logprob = choose_tokens(logits[:, 0], jax.random.fold_in(rng, step), config)
+    token, logprob = choose_tokens(logits[:, 0], fold_in(rng, step), config)
     token = jnp.where(done, config.pad_token_id, token)
     logprob = jnp.where(done, 0.0, logprob)
     tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)

@@ -34,6 +34,18 @@ def test_kl_estimators_are_unbiased_for_the_exact_kl():
     assert float(np.sum(p * np.asarray(per_outcome))) == pytest.approx(exact, rel=1e-5)
 
 
+def test_exact_kl_by_hand_and_zero_for_identical_policies():
+  p = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+  q = np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+  kl = objectives.exact_kl(jnp.log(p), jnp.log(q))
+  np.testing.assert_allclose(kl, [np.sum(p[0] * np.log(p[0] / q[0])), 0.0], rtol=1e-5, atol=1e-7)
+  logits = jax.random.normal(jax.random.key(0), (4, 5, 7))
+  same = jax.nn.log_softmax(logits, axis=-1)
+  np.testing.assert_allclose(objectives.exact_kl(same, same), np.zeros((4, 5)), atol=1e-7)
+  grad = jax.grad(lambda x: objectives.exact_kl(jax.nn.log_softmax(x), same[0, 0]))(logits[0, 0])
+  np.testing.assert_allclose(grad, np.zeros(7), atol=1e-6)   # a minimum at pi = ref
+
+
 def test_advantages_by_hand():
   rewards = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])     # 2 prompts x 3 samples
   np.testing.assert_allclose(objectives.reinforce_advantages(rewards), rewards)

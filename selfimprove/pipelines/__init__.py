@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from selfimprove.pipelines import score, sft
+from selfimprove.pipelines import score, score_baselines, sft
 from selfimprove.pipelines.base import Pipeline, RunPieces
 
 
@@ -66,7 +66,9 @@ def row_transforms() -> dict[str, Callable[..., Any]]:
 
 
 register_pipeline("sft", sft.build, section="sft")
-register_pipeline("score", score.build, section="score", check_warm_start=score.check_warm_start)
+# "score": SCoRe, its ablations and RL baselines, and (score_baselines) the paper's SFT baselines.
+register_pipeline("score", score_baselines.build, section="score",
+                  check_warm_start=score.check_warm_start)
 register_row_transform("correction_demos", score.demo_rows)
 
 __all__ = ["Pipeline", "RunPieces", "register_pipeline", "register_row_transform",

@@ -35,6 +35,9 @@ class RunPieces:
     prompt_len, answer_len: static lengths of the batches' prompt and answer
       arrays (answer_len includes <eos>: the natural completion budget).
     stop_token_ids: ids that end a completion.
+    seed: the run's config.seed, for randomness fixed for the whole run (a
+      dataset sampled once: pipelines/score_baselines.py); per-step randomness
+      comes from the step's key.
   """
 
   graphdef: nnx.GraphDef
@@ -44,6 +47,7 @@ class RunPieces:
   prompt_len: int
   answer_len: int
   stop_token_ids: tuple[int, ...]
+  seed: int = 0
 
   @property
   def pad_id(self) -> int:

@@ -22,13 +22,16 @@ Modes (`SCoReConfig.mode`), each its own loss function in `LOSSES`:
       `score_loss` with stage1_steps = 0 or alpha = 0 (set by SCoReConfig).
   "multiturn_rl_baseline": `multiturn_rl_loss`, the paper's multi-turn RL
       baseline (no Stage I, no shaping: both turns' rewards, beta1 KL on both).
-  "star_baseline": `online_star_loss`, STaR-style SFT on the model's own
-      two-turn traces of this step whose attempt 2 is correct: maximum
-      likelihood of attempt 2 given [x, y1, p] (REINFORCE with a 0/1 advantage
-      = r2 on turn 2, no turn-1 term, no KL). Attempt 1 is not trained:
-      imitating the kept traces' wrong first attempts would lower Acc@t1 and
-      inflate Delta. Online, unlike the paper's STaR (D+ sampled once from the
-      starting model).
+  "online_star_baseline" (formerly "star_baseline", still accepted):
+      `online_star_loss`, STaR-style SFT on the model's own two-turn traces of
+      this step whose attempt 2 is correct: maximum likelihood of attempt 2
+      given [x, y1, p] (REINFORCE with a 0/1 advantage = r2 on turn 2, no
+      turn-1 term, no KL). Attempt 1 is not trained: imitating the kept traces'
+      wrong first attempts would lower Acc@t1 and inflate Delta. Online, unlike
+      the paper's STaR.
+  "offline_star_baseline", "pair_sft_baseline": the paper's STaR D+ and
+      Pair-SFT D+, SFT on data sampled once from the starting model
+      (selfimprove/pipelines/score_baselines.py).
 
 Deviation notes: log-probs are re-scored at temperature 1; with a sampling
 `temperature` != 1 the samples come from a different distribution than the
@@ -50,11 +53,17 @@ from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.score_demos import demo_rows
 from selfimprove.objectives import (ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, advantages,
                                     policy_gradient_loss, score_shaped_rewards, turn_kl)
-from selfimprove.sampling import SamplingConfig, sample
+from selfimprove.sampling import (SamplingConfig, fold_in, is_key_per_row, keys_per_sample,
+                                  sample)
 from selfimprove.train_state import TrainState
 
-MODES = ("score", "score_without_stage1", "score_without_shaping", "multiturn_rl_baseline",
-         "star_baseline")   # the keys of LOSSES
+# The RL modes (the keys of LOSSES) and the paper's offline SFT baselines
+# (selfimprove/pipelines/score_baselines.py: their own step, the same rollouts and eval figures).
+RL_MODES = ("score", "score_without_stage1", "score_without_shaping", "multiturn_rl_baseline",
+            "online_star_baseline")
+OFFLINE_MODES = ("offline_star_baseline", "pair_sft_baseline")
+MODES = RL_MODES + OFFLINE_MODES
+RENAMED_MODES = {"star_baseline": "online_star_baseline"}   # old name -> name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +78,18 @@ class SCoReConfig:
     alpha: shaping coefficient of the turn-2 bonus alpha * (r2 - r1) (10).
     beta1: Stage II KL weight on both turns (0.01).
     beta2: Stage I KL weight on turn 1 (0.1).
-    kl_estimator: "exact" (objectives.exact_kl, the paper's KL(pi || ref) from
-      the full distributions), "k1" or "k3" (sampled-token estimates,
-      objectives.kl_k1/kl_k3; k3's gradient is that of KL(ref || pi), k1's has
-      zero expectation). Default k3, which the results in docs/results/score.md
-      were measured with.
+    kl_estimator: "exact" (default: objectives.exact_kl, the paper's
+      KL(pi || ref) from the full next-token distributions), "k1" or "k3"
+      (sampled-token estimates, objectives.kl_k1/kl_k3; as a loss, k3's
+      gradient is that of KL(ref || pi), k1's has zero expectation).
     advantage: "reinforce" (the paper's plain REINFORCE), "rloo" or "group_mean".
     num_samples_per_prompt: attempt-1 samples per prompt (each gets one attempt 2).
     temperature: sampling temperature of both attempts in training (1.0).
     mode: "score", the ablations "score_without_stage1" (forces stage1_steps
       = 0) and "score_without_shaping" (forces alpha = 0), or the baselines
-      "multiturn_rl_baseline" (forces stage1_steps = 0 and alpha = 0) and
-      "star_baseline" (forces stage1_steps = 0); see LOSSES.
+      "multiturn_rl_baseline" (forces stage1_steps = 0 and alpha = 0),
+      "online_star_baseline", "offline_star_baseline" and "pair_sft_baseline"
+      (force stage1_steps = 0); see LOSSES and score_baselines.py.
     eval_greedy: greedy decoding of both attempts in `evaluate`; otherwise
       sampled at `eval_temperature`.
     eval_temperature: temperature for sampled evaluation.
@@ -92,7 +101,7 @@ class SCoReConfig:
   alpha: float = 10.0
   beta1: float = 0.01
   beta2: float = 0.1
-  kl_estimator: str = "k3"
+  kl_estimator: str = "exact"
   advantage: str = "reinforce"
   num_samples_per_prompt: int = 1
   temperature: float = 1.0
@@ -124,6 +133,8 @@ class SCoReConfig:
                        f"{self.temperature} and {self.eval_temperature}.")
     if min(self.beta1, self.beta2) < 0:
       raise ValueError(f"SCoReConfig.beta1/beta2 must be >= 0, got {self.beta1}/{self.beta2}.")
+    if self.mode in RENAMED_MODES:
+      object.__setattr__(self, "mode", RENAMED_MODES[self.mode])
     if self.mode not in MODES:
       raise ValueError(f"SCoReConfig.mode must be one of {MODES}, got {self.mode!r}.")
     # The ablations and baselines drop SCoRe's parts by their coefficients.
@@ -212,7 +223,7 @@ def online_star_loss(logp_t1: jax.Array, kl_t1: jax.Array, mask_t1: jax.Array,
                      logp_t2: jax.Array, kl_t2: jax.Array, mask_t2: jax.Array,
                      reward_t1: jax.Array, reward_t2: jax.Array, in_stage1: jax.Array,
                      config: SCoReConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Online STaR (mode "star_baseline"), arguments as `score_loss`: maximum likelihood of
+  """Online STaR (mode "online_star_baseline"), arguments as `score_loss`: maximum likelihood of
   attempt 2 given [x, y1, p] on this step's traces whose attempt 2 is right (REINFORCE with
   the 0/1 reward as weight); no turn-1 term, no KL. Not the paper's offline STaR, whose D+
   is sampled once from the starting model.
@@ -227,7 +238,7 @@ def online_star_loss(logp_t1: jax.Array, kl_t1: jax.Array, mask_t1: jax.Array,
 # = 0: no Stage I; alpha = 0: no shaping bonus).
 LOSSES = {"score": score_loss, "score_without_stage1": score_loss,
           "score_without_shaping": score_loss, "multiturn_rl_baseline": multiturn_rl_loss,
-          "star_baseline": online_star_loss}
+          "online_star_baseline": online_star_loss}
 
 
 def correction_metrics(rollout: TwoTurnRollout) -> dict[str, jax.Array]:
@@ -279,15 +290,20 @@ class SCoRe:
 
   def rollout(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array,
               sampling: SamplingConfig) -> TwoTurnRollout:
-    """Samples and verifies both attempts (attempt 2: one per attempt-1 row)."""
+    """Samples and verifies both attempts (attempt 2: one per attempt-1 row).
+
+    `rng`: one key, or one typed key per prompt ([batch]; each prompt's two
+    turns then depend on its own key only: see `sampling.sample`)."""
     model = nnx.merge(self.graphdef, params)
-    first = sample(model, batch["prompt_tokens"], batch["prompt_mask"], jax.random.fold_in(rng, 1),
-                   sampling)
+    first = sample(model, batch["prompt_tokens"], batch["prompt_mask"], fold_in(rng, 1), sampling)
+    rng_t2 = fold_in(rng, 2)
+    if is_key_per_row(rng_t2):   # one key per attempt-1 row
+      rng_t2 = keys_per_sample(rng_t2, sampling.num_samples_per_prompt)
     rows = jax.tree.map(lambda x: jnp.repeat(x, sampling.num_samples_per_prompt, axis=0), batch)
     context, context_mask = multiturn.build_turn2_context(
         first.prompt_tokens, first.prompt_mask, first.tokens, first.completion_mask,
         self.instruction_ids)
-    second = sample(model, context, context_mask, jax.random.fold_in(rng, 2),
+    second = sample(model, context, context_mask, rng_t2,
                     dataclasses.replace(sampling, num_samples_per_prompt=1))
     return TwoTurnRollout(
         prompt_tokens=first.prompt_tokens, prompt_mask=first.prompt_mask,
@@ -357,9 +373,13 @@ class SCoRe:
 
 def build(pieces: RunPieces, settings: dict) -> SCoRe:
   """SCoRe from the run's pieces; settings = config.score (max_new_tokens absent or 0: the
-  answer length, i.e. the longest reference answer with its <eos>)."""
+  answer length, i.e. the longest reference answer with its <eos>). The registry's build for
+  config.pipeline="score" is score_baselines.build, which also covers the offline modes."""
   config = SCoReConfig(**{**settings, "max_new_tokens": settings.get("max_new_tokens") or
                           pieces.answer_len})
+  if config.mode not in RL_MODES:
+    raise ValueError(f"mode={config.mode!r} is an offline baseline: build it with "
+                     f"selfimprove.pipelines.score_baselines.build.")
   # With a chat template the instruction is a user turn between the two attempts.
   instruction_ids = pieces.encoder.text_ids(
       pieces.encoder.follow_up_text(config.correction_instruction), "correction_instruction")
@@ -380,4 +400,5 @@ def check_warm_start(settings: dict, warm_start_data: dict) -> None:
 
 
 __all__ = ["SCoRe", "SCoReConfig", "TwoTurnRollout", "build", "check_warm_start", "demo_rows",
-           "score_loss", "multiturn_rl_loss", "online_star_loss", "LOSSES", "correction_metrics"]
+           "score_loss", "multiturn_rl_loss", "online_star_loss", "LOSSES", "correction_metrics",
+           "MODES", "RL_MODES", "OFFLINE_MODES"]

@@ -52,6 +52,10 @@ class ArithmeticConfig:
     operations: a non-empty subset of "+-*", e.g. "+" or "+-*".
     eval_fraction: share of all problems held out for evaluation, in (0, 1).
     split_seed: selects which problems are held out.
+    max_examples_per_split: 0 = every problem of a split (at most 1,000,000);
+      otherwise a split with more problems is a uniform sample of this many
+      distinct ones (seeded by split_seed; the held-out rule is unchanged, so
+      the splits stay disjoint): 4-digit operands or several operations.
   """
 
   min_digits: int = 2
@@ -59,6 +63,7 @@ class ArithmeticConfig:
   operations: str = "+"
   eval_fraction: float = 0.1
   split_seed: int = 0
+  max_examples_per_split: int = 0
 
   def __post_init__(self):
     if not isinstance(self.min_digits, int) or self.min_digits < 1:
@@ -80,6 +85,10 @@ class ArithmeticConfig:
     if not 0.0 < self.eval_fraction < 1.0:
       raise ValueError(
           f"ArithmeticConfig.eval_fraction must be in (0, 1), got {self.eval_fraction!r}.")
+    if not isinstance(self.max_examples_per_split, int) or not (
+        0 <= self.max_examples_per_split <= MAX_EXAMPLES_PER_SPLIT):
+      raise ValueError(f"ArithmeticConfig.max_examples_per_split must be an integer in "
+                       f"[0, {MAX_EXAMPLES_PER_SPLIT}], got {self.max_examples_per_split!r}.")
     if not isinstance(self.split_seed, int):
       raise ValueError(f"ArithmeticConfig.split_seed must be an integer, got {self.split_seed!r}.")
     for op in self.operations:
@@ -234,7 +243,8 @@ class ArithmeticTask:
       raise ValueError(
           f"The arithmetic problem space has {self.num_problems} problems (max_digits="
           f"{self.config.max_digits}, operations={self.config.operations!r}), too many to "
-          f"enumerate (limit {MAX_ENUMERATED_PROBLEMS}); use `generate` or fewer digits.")
+          f"enumerate (limit {MAX_ENUMERATED_PROBLEMS}); set max_examples_per_split (a uniform "
+          f"sample of each split) or use fewer digits.")
     b_values = np.arange(self._low, self._high + 1, dtype=np.int64)
     rows_per_chunk = max(1, 2**22 // len(b_values))
     found = []
@@ -247,6 +257,26 @@ class ArithmeticTask:
         found.append(np.stack([a[keep], np.full(keep.sum(), op), b[keep]], axis=1))
     return np.concatenate(found)
 
+  def _sample_split(self, split: str, count: int) -> np.ndarray:
+    """`count` distinct problems of a split [count, 3], drawn uniformly (seeded by split_seed)."""
+    rng = np.random.default_rng([self.config.split_seed % 2**32, split == "eval", 1])
+    width = self._high - self._low + 1
+    found = np.zeros(0, np.int64)        # problem codes (op * width + a - low) * width + b - low
+    while len(found) < count:
+      draws = 4 * count
+      a = rng.integers(self._low, self._high + 1, draws)
+      b = rng.integers(self._low, self._high + 1, draws)
+      op = self._op_indices[rng.integers(0, len(self._op_indices), draws)].astype(np.int64)
+      held_out = self.is_eval_problem(a, op, b)
+      keep = held_out if split == "eval" else ~held_out
+      codes = np.concatenate([found, ((op * width + a - self._low) * width + b - self._low)[keep]])
+      _, first = np.unique(codes, return_index=True)
+      found = codes[np.sort(first)]      # distinct, in order of drawing
+    found = found[:count]
+    b = found % width + self._low
+    a = (found // width) % width + self._low
+    return np.stack([a, found // width // width, b], axis=1)
+
   def examples(self, split: str) -> list[dict]:
     """Every problem of a split ("train" or "eval") as dicts.
 
@@ -257,11 +287,20 @@ class ArithmeticTask:
     """
     if split not in ("train", "eval"):
       raise ValueError(f"ArithmeticTask.examples: split must be 'train' or 'eval', got {split!r}.")
-    problems = self._enumerate(split)
+    limit = self.config.max_examples_per_split
+    share = self.config.eval_fraction if split == "eval" else 1.0 - self.config.eval_fraction
+    if limit and self.num_problems * share > 1.05 * limit:
+      problems = self._sample_split(split, limit)
+    else:
+      problems = self._enumerate(split)
+    if limit and len(problems) > limit:
+      problems = problems[np.random.default_rng([self.config.split_seed % 2**32, 2]).permutation(
+          len(problems))[:limit]]
     if len(problems) > MAX_EXAMPLES_PER_SPLIT:
       raise ValueError(
           f"The {split!r} split has {len(problems)} problems, more than {MAX_EXAMPLES_PER_SPLIT} "
-          f"to hold as a list; train with `generate`, or lower eval_fraction for a smaller eval set.")
+          f"to hold as a list; set max_examples_per_split (a uniform sample of the split), "
+          f"or lower eval_fraction for a smaller eval set.")
     order = np.random.default_rng([self.config.split_seed % 2**32, split == "eval"]).permutation(
         len(problems))
     out = []

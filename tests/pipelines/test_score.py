@@ -47,6 +47,12 @@ def k3(logp, ref):
   return np.exp(d) - d - 1
 
 
+def exact_kl_by_hand(log_dist, ref_log_dist):
+  """sum_v p (log p - log q) per position, in float64, from [..., vocab] log-distributions."""
+  p, q = np.exp(np.asarray(log_dist, np.float64)), np.exp(np.asarray(ref_log_dist, np.float64))
+  return np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+
+
 def make_pipeline(task, verifier=None, **config) -> SCoRe:
   fields = dict(correction_instruction="=", stage1_steps=2, num_samples_per_prompt=2)
   fields.update(config)
@@ -74,14 +80,19 @@ def test_config_validation_and_baseline_switches():
     SCoReConfig(**base, advantage="rloo", num_samples_per_prompt=1)
   baseline = SCoReConfig(**base, stage1_steps=50, alpha=10.0, mode="multiturn_rl_baseline")
   assert (baseline.stage1_steps, baseline.alpha) == (0, 0.0)
-  star = SCoReConfig(**base, stage1_steps=50, mode="star_baseline")
-  assert star.stage1_steps == 0
+  star = SCoReConfig(**base, stage1_steps=50, mode="star_baseline")     # the old name
+  assert (star.mode, star.stage1_steps) == ("online_star_baseline", 0)
+  for mode in ("offline_star_baseline", "pair_sft_baseline"):
+    assert SCoReConfig(**base, stage1_steps=50, mode=mode).stage1_steps == 0
+    with pytest.raises(ValueError, match="offline baseline"):
+      make_pipeline(arithmetic_task(), mode=mode)      # score.build makes the RL step only
   no_stage1 = SCoReConfig(**base, stage1_steps=50, mode="score_without_stage1")
   assert (no_stage1.stage1_steps, no_stage1.alpha) == (0, 10.0)
   no_shaping = SCoReConfig(**base, stage1_steps=50, mode="score_without_shaping")
   assert (no_shaping.stage1_steps, no_shaping.alpha) == (50, 0.0)
   paper = SCoReConfig(**base)
-  assert (paper.alpha, paper.beta1, paper.beta2, paper.advantage) == (10.0, 0.01, 0.1, "reinforce")
+  assert (paper.alpha, paper.beta1, paper.beta2, paper.advantage, paper.kl_estimator) == (
+      10.0, 0.01, 0.1, "reinforce", "exact")
   with pytest.raises(ValueError, match="not in the tokenizer alphabet"):
     make_pipeline(arithmetic_task(), correction_instruction="fix it")
 
@@ -255,7 +266,8 @@ def test_step_loss_matches_hand_computation_from_the_rollout(parity_run, index):
   pipeline, state = parity_run["pipeline"], parity_run["states"][index]
   step_metrics, key = parity_run["metrics"][index], parity_run["keys"][index]
 
-  rollout, (logp1, logp2), (ref1, ref2) = _replay(pipeline, state, parity_run["batch"], key)[:3]
+  rollout, (logp1, logp2), _, dists, refs = _replay(pipeline, state, parity_run["batch"], key)
+  assert pipeline.config.kl_estimator == "exact"      # the default: the paper's KL(pi || ref)
   mask1, mask2 = np.asarray(rollout.mask_t1), np.asarray(rollout.mask_t2)
   r1, r2 = np.asarray(rollout.reward_t1), np.asarray(rollout.reward_t2)
   assert 0 < r1.mean() < 1 and 0 < r2.mean() < 1, "want mixed rewards for a meaningful check"
@@ -266,7 +278,8 @@ def test_step_loss_matches_hand_computation_from_the_rollout(parity_run, index):
     assert r1[row] == python_parity(rollout.tokens_t1[row], mask1[row])
     assert r2[row] == python_parity(rollout.tokens_t2[row], mask2[row])
   s1, s2 = seq_sum(logp1, mask1), seq_sum(logp2, mask2)
-  kl1, kl2 = seq_sum(k3(logp1, ref1), mask1), seq_sum(k3(logp2, ref2), mask2)
+  kl1, kl2 = (seq_sum(exact_kl_by_hand(dist, ref), mask)
+              for dist, ref, mask in zip(dists, refs, (mask1, mask2)))
   config = pipeline.config
   if index < config.stage1_steps:
     expected = -np.mean(r2 * s2) + config.beta2 * np.mean(kl1)
@@ -290,8 +303,7 @@ def test_the_step_with_the_exact_kl_penalises_the_kl_of_the_distributions(parity
   rollout, _, _, (dist1, dist2), (ref1, ref2) = _replay(pipeline, state, parity_run["batch"], key)
   for dist, ref, mask, name in ((dist1, ref1, rollout.mask_t1, "train/kl_t1"),
                                 (dist2, ref2, rollout.mask_t2, "train/kl_t2")):
-    p, q = np.exp(np.asarray(dist, np.float64)), np.exp(np.asarray(ref, np.float64))
-    per_token = np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+    per_token = exact_kl_by_hand(dist, ref)
     assert float(metrics[name]) == pytest.approx(np.mean(seq_sum(per_token, mask)), rel=1e-4)
     assert float(metrics[name]) > 0
 
@@ -335,7 +347,7 @@ def test_reference_policy_lives_in_the_state():
   assert shardings == {"ref_params": {"a": "sharding"}}
 
 
-@pytest.mark.parametrize("mode", ["multiturn_rl_baseline", "star_baseline"])
+@pytest.mark.parametrize("mode", ["multiturn_rl_baseline", "online_star_baseline"])
 def test_baseline_modes_trace_the_same_step(mode):
   """The baselines are the same step with other coefficients: it traces with the same outputs."""
   task = arithmetic_task()

@@ -1,5 +1,6 @@
 """Arithmetic task: verifier vs hand-written cases and a Python reference, split, generator, encoding."""
 
+import dataclasses
 import re
 
 import jax
@@ -291,7 +292,35 @@ def test_bad_split_and_oversized_enumeration_errors(task):
   with pytest.raises(ValueError, match="243000000 problems .* too many to enumerate"):
     huge.examples("eval")
   big = ArithmeticTask(ArithmeticConfig(min_digits=3, max_digits=3, operations="+-"))
-  with pytest.raises(ValueError, match="'train' split has 14[0-9]{5} problems.*train with `generate`"):
+  with pytest.raises(ValueError, match="'train' split has 14[0-9]{5} problems.*max_examples_per_split"):
     big.examples("train")
   with pytest.raises(ValueError, match="'answer'"):
     task.encode({"prompt": "1+1="})
+
+
+def test_max_examples_per_split_samples_distinct_problems_of_each_split():
+  """A space too big to list: each split is a uniform sample of distinct problems of that split."""
+  config = ArithmeticConfig(min_digits=4, max_digits=4, operations="+-*",
+                            max_examples_per_split=20_000, split_seed=3)
+  task = ArithmeticTask(config)
+  train, held_out = task.examples("train"), task.examples("eval")
+  assert len(train) == len(held_out) == 20_000
+  assert train == ArithmeticTask(config).examples("train")               # reproducible
+  prompts = [e["prompt"] for e in train]
+  assert len(set(prompts)) == len(prompts)
+  assert not set(prompts) & {e["prompt"] for e in held_out}
+  for examples, is_eval in ((train, False), (held_out, True)):
+    for example in examples[:500]:
+      a, op, b = re.fullmatch(r"([0-9]+)([-+*])([0-9]+)=", example["prompt"]).groups()
+      assert 1000 <= int(a) <= 9999 and 1000 <= int(b) <= 9999
+      assert example["target"] == eval(f"{a}{op}{b}") and example["answer"] == str(example["target"])
+      assert bool(task.is_eval_problem(int(a), "+-*".index(op), int(b))) == is_eval
+  shares = [sum(e["prompt"].count(op) for e in train) / len(train) for op in "+-*"]
+  assert all(abs(share - 1 / 3) < 0.02 for share in shares)
+  # Another split_seed is another sample; a limit the split fits in changes nothing.
+  assert ArithmeticTask(dataclasses.replace(config, split_seed=4)).examples("train") != train
+  small = ArithmeticConfig(min_digits=2, max_digits=2)
+  assert (ArithmeticTask(dataclasses.replace(small, max_examples_per_split=10_000)).examples("train")
+          == ArithmeticTask(small).examples("train"))
+  with pytest.raises(ValueError, match="max_examples_per_split must be an integer in"):
+    ArithmeticConfig(max_examples_per_split=-1)
