@@ -68,7 +68,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.train.eval_at_start = True
   if arg == "tiny":
     config.optimizer.update(dict(learning_rate=1e-4, warmup_steps=0, decay="constant"))
-    config.train.update(dict(num_steps=300, global_batch_size=32, steps_per_call=4, log_every=20,
-                             eval_every=50 if hard else 100, checkpoint_every=100))
+    config.train.update(dict(num_steps=300, global_batch_size=32, steps_per_call=2 if hard else 4,
+                             log_every=20, eval_every=50 if hard else 100, checkpoint_every=100))
     config.eval.num_examples = 1024
   return config.lock()
