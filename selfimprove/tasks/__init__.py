@@ -18,6 +18,7 @@ from typing import Any, Callable
 from selfimprove.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from selfimprove.tasks.base import Task
 from selfimprove.tasks.jsonl import JsonlTask, JsonlTaskConfig
+from selfimprove.tasks.linear_equations import LinearEquationsConfig, LinearEquationsTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,8 @@ def task_names() -> list[str]:
 
 register_task("arithmetic", ArithmeticConfig, ArithmeticTask)
 register_task("jsonl", JsonlTaskConfig, JsonlTask)
+register_task("linear_equations", LinearEquationsConfig, LinearEquationsTask)
 
-__all__ = ["ArithmeticConfig", "ArithmeticTask", "JsonlTask", "JsonlTaskConfig", "Task",
+__all__ = ["ArithmeticConfig", "ArithmeticTask", "JsonlTask", "JsonlTaskConfig",
+           "LinearEquationsConfig", "LinearEquationsTask", "Task",
            "register_task", "get_task_entry", "task_names"]
