@@ -14,7 +14,7 @@ each run's step-0 eval (the warm start) and final eval from its metrics.jsonl
 attempts sampled at --sampled_temperature (one fixed key per seed): mean +- sample
 std over seeds, then every seed's value. It is printed and written to
 DIR/table.md and DIR/table.json; eval/delta and eval/acc_t2 at every eval step
-of every method (mean and min..max over seeds) are drawn in DIR/curves.png.
+of every method are drawn in DIR/curves.png (one column per seed).
 """
 
 from __future__ import annotations
@@ -67,7 +67,19 @@ def _eval_rows(workdir: str) -> list[dict]:
 
 
 def _sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
-  """The held-out figures of a finished run's final model with both attempts sampled."""
+  """The held-out figures of a finished run's final model with both attempts sampled, cached in
+  RUN/sampled_eval_t<temperature>.json (computed once per run)."""
+  cache = os.path.join(run, f"sampled_eval_t{_SAMPLED_TEMPERATURE.value:g}.json")
+  if os.path.exists(cache):
+    with open(cache) as f:
+      return json.load(f)
+  figures = _compute_sampled_eval(run, seed, mode)
+  with open(cache, "w") as f:
+    json.dump(figures, f)
+  return figures
+
+
+def _compute_sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
   import jax
   from flax import nnx
 
@@ -103,27 +115,31 @@ def _cell(values: list[float]) -> str:
 
 
 def _plot(trajectories: dict, seeds: list[int], path: str) -> None:
-  """eval/delta and eval/acc_t2 against step: mean over seeds, shaded from min to max."""
+  """eval/delta (top row) and eval/acc_t2 (bottom row) against step, one column per seed."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  figure = Figure(figsize=(11, 4.2))
+  figure = Figure(figsize=(4.2 * len(seeds), 7.5))
   FigureCanvasAgg(figure)
-  for axis, (name, by_mode) in zip(figure.subplots(1, 2), trajectories.items()):
-    for mode, by_seed in by_mode.items():
-      steps = sorted(by_seed[seeds[0]])
-      values = np.array([[by_seed[s][step] * 100 for step in steps] for s in seeds])
-      line, = axis.plot(steps, values.mean(0), marker="o", markersize=3,
-                        linewidth=2.5 if mode == "score" else 1.2, label=mode)
-      axis.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.12)
-    axis.set_xlabel("training step")
-    axis.set_ylabel(f"greedy eval/{name} (%)")
-    axis.grid(alpha=0.3)
-  figure.axes[0].axhline(0, color="black", linewidth=0.8)
-  figure.axes[1].legend(fontsize=7, loc="lower right")
-  figure.suptitle(f"held-out, mean over seeds {seeds} (shaded: min..max)", fontsize=9)
+  axes = figure.subplots(2, len(seeds), squeeze=False, sharex=True)
+  for row, (name, by_mode) in enumerate(trajectories.items()):
+    for column, seed in enumerate(seeds):
+      axis = axes[row][column]
+      for mode, by_seed in by_mode.items():
+        steps = sorted(by_seed[seed])
+        axis.plot(steps, [by_seed[seed][step] * 100 for step in steps], marker="o",
+                  markersize=3, linewidth=2.5 if mode == "score" else 1.2, label=mode)
+      if name == "delta":
+        axis.axhline(0, color="black", linewidth=0.8)
+      axis.set_title(f"seed {seed}", fontsize=9)
+      axis.set_ylabel(f"greedy eval/{name} (%)")
+      axis.grid(alpha=0.3)
+      if row == 1:
+        axis.set_xlabel("training step")
+  axes[0][0].legend(fontsize=7)
+  figure.suptitle("held-out figures at every evaluation (step 0: the warm start)", fontsize=10)
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
+  figure.savefig(path, dpi=100)
 
 
 def main(argv):

@@ -19,9 +19,10 @@ own traces of each step whose second attempt is right), and the ablations
 KL(pi || ref) (`--config.score.kl_estimator=k3` or `k1` for sampled-token estimates). To start
 from another model instead, pass `--config.init_from=DIR/params` (the warm start is then skipped).
 
-Expected result (tiny, 2-core CPU, 3 min for seed 0): greedy held-out Delta(t1, t2) from
-about -1.4 points at the warm start to a few points positive after SCoRe; the `hard` preset
-(turn 1 stays hard through training) and all baselines, 3 seeds: docs/results/score.md.
+Expected result (2-core CPU, seeds 0-2, docs/results/score.md): `tiny` (3 min for seed 0),
+greedy held-out Delta(t1, t2) from -1.4 +- 0.5 points at the warm start to +3.3 +- 1.1 after
+SCoRe; `hard` (turn 1 stays hard through training), from -0.7 +- 0.7 to +2.4 +- 1.7, with all
+baselines and ablations compared there.
 Presets: `tiny`; `hard` (tiny on 3-digit addition and subtraction, 300,000 problems per split,
 eval every 50 steps); `test` (2-layer model, a few steps, for tests).
 """
