@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from selfimprove import multiturn
 from selfimprove.pipelines import score_baselines
@@ -57,7 +58,6 @@ def test_problem_keys_depend_on_the_problem_only():
 
 def test_sampling_with_one_key_per_prompt_ignores_the_rest_of_the_batch():
   graphdef, params = tiny_model()
-  from flax import nnx
   model = nnx.merge(graphdef, params)
   task = arithmetic_task()
   batch = task.generate(jax.random.key(0), 4)
@@ -110,7 +110,6 @@ def test_offline_star_data_comes_from_the_starting_model_and_is_never_refreshed(
   other = build("offline_star_baseline", seed=1)
   assert other.data_seed == 1 and pipeline.data_seed == 0
   # The loss: -mean_rows(weight * log pi(y2 | x, y1, p)) under the policy, by hand.
-  from flax import nnx
   model = nnx.merge(pipeline.scorer.graphdef, state0.params)
   logp = multiturn.completion_logprobs(model, examples.context, examples.context_mask,
                                        examples.target, examples.target_mask)
@@ -128,7 +127,6 @@ def test_pair_sft_examples_pair_the_starting_models_attempts():
   keys = problem_keys(jax.random.key(0), batch["prompt_tokens"], batch["prompt_mask"])
   examples = jax.jit(lambda p: pipeline.make_examples(pipeline.scorer, p, batch, keys))(ref)
   sampling = pipeline.scorer.sampling_config(train=True)
-  from flax import nnx
   first = sample(nnx.merge(pipeline.scorer.graphdef, ref), batch["prompt_tokens"],
                  batch["prompt_mask"], keys, sampling)
   reward = np.asarray(parity_verifier(first.tokens, first.completion_mask, None))
@@ -154,6 +152,16 @@ def test_pair_sft_examples_pair_the_starting_models_attempts():
         first.tokens[expected], first.completion_mask[expected])
     checked += reward[row] == 0
   assert checked > 0        # at least one wrong attempt was paired with a right one
+  # The step's loss on these pairs: -mean_rows(weight * log pi(y+ | x, y-, p)), by hand.
+  state = make_state(pipeline, params, ref)
+  _, metrics = jax.jit(pipeline.step)(state, batch, jax.random.key(0))
+  logp = multiturn.completion_logprobs(nnx.merge(pipeline.scorer.graphdef, params),
+                                       examples.context, examples.context_mask, examples.target,
+                                       examples.target_mask)
+  expected = -np.mean(np.asarray(examples.weight) * seq_sum(np.asarray(logp),
+                                                            np.asarray(examples.target_mask)))
+  assert float(metrics["train/loss"]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+  assert float(metrics["train/kept_fraction"]) == pytest.approx(float(np.mean(examples.weight)))
 
 
 def test_offline_modes_step_and_evaluate_like_score():
