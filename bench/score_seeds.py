@@ -66,37 +66,32 @@ def _eval_rows(workdir: str) -> list[dict]:
   return evals
 
 
-def _sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
-  """The held-out figures of a finished run's final model with both attempts sampled, cached in
+def _sampled_eval(run: str, seed: int, mode: str, config_run: str | None = None
+                  ) -> dict[str, float]:
+  """The held-out figures of RUN/params with both attempts sampled, under the SCoRe config that
+  CONFIG_RUN (default RUN) was launched with (its config.json); cached in
   RUN/sampled_eval_t<temperature>.json (computed once per run)."""
   cache = os.path.join(run, f"sampled_eval_t{_SAMPLED_TEMPERATURE.value:g}.json")
   if os.path.exists(cache):
     with open(cache) as f:
       return json.load(f)
-  figures = _compute_sampled_eval(run, seed, mode)
+  figures = _compute_sampled_eval(run, seed, mode, config_run or run)
   with open(cache, "w") as f:
     json.dump(figures, f)
   return figures
 
 
-def _compute_sampled_eval(run: str, seed: int, mode: str) -> dict[str, float]:
+def _compute_sampled_eval(run: str, seed: int, mode: str, config_run: str) -> dict[str, float]:
   import jax
+  import ml_collections
   from flax import nnx
 
-  from configs.score_arithmetic import get_config
   from selfimprove.evaluation import evaluate
   from selfimprove.models.orbax_params import load_orbax_params
   from selfimprove.run import build_run
 
-  config = get_config(_CONFIG.value.partition(":")[2] or "tiny").unlock()
-  for flag in _EXTRA.value:        # the runs' own overrides (e.g. the task), "--config.a.b=v"
-    path, _, raw = flag.removeprefix("--config.").partition("=")
-    *parents, leaf = path.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    old = node[leaf]
-    node[leaf] = raw.lower() in ("1", "true") if isinstance(old, bool) else type(old)(raw)
+  with open(os.path.join(config_run, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
   config.score.update(dict(mode=mode, eval_greedy=False,
                            eval_temperature=_SAMPLED_TEMPERATURE.value))
   config.init_from = os.path.join(run, "params")
@@ -171,7 +166,8 @@ def main(argv):
       if _SAMPLED_TEMPERATURE.value > 0:
         results[f"{mode}, sampled"][seed] = _sampled_eval(run, seed, mode)
         if mode == "score":
-          results["warm start, sampled"][seed] = _sampled_eval(os.path.dirname(warm), seed, mode)
+          results["warm start, sampled"][seed] = _sampled_eval(os.path.dirname(warm), seed, mode,
+                                                               config_run=run)
 
   header = "| method | " + " | ".join(f"{f} (%)" for f in FIGURES) + " |"
   lines = [header, "|" + "---|" * (len(FIGURES) + 1)]
