@@ -110,7 +110,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     # LoRA: only the adapters train; the base weights get no update and no optimizer state.
     optimizer = train_only(optimizer, nnx.to_pure_dict(abstract_params),
                            lambda path: path[-1].endswith(("_lora_a", "_lora_b")))
-  pipeline = run_setup.build_pipeline(config, graphdef, optimizer, data, verifier)
+  pipeline = run_setup.build_pipeline(config, graphdef, optimizer, data, verifier, task)
 
   run = Run(config=config, mesh=mesh, model_config=model_config, graphdef=graphdef,
             optimizer=optimizer, schedule=make_schedule(optimizer_config, num_steps),

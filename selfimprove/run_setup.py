@@ -112,9 +112,19 @@ def build_data(config: ml_collections.ConfigDict, task: Task, tokenizer: Tokeniz
   """Reads the task's examples, measures and checks them, and builds the row encoders."""
   name, problems = config.task.name, Problems()
   examples: dict[str, list[dict]] = {}
+  train_examples = config.data.get("train_examples", "train")
+  if train_examples not in ("train", "warm_start"):
+    raise ConfigError(f"config.data.train_examples must be 'train' (the task's training split) "
+                      f"or 'warm_start' (its warm-start set), got {train_examples!r}.")
+  if train_examples == "warm_start" and not hasattr(task, "warm_start_examples"):
+    raise ConfigError(f"config.data.train_examples='warm_start': task {name!r} has no "
+                      f"warm-start set (no warm_start_examples method).")
   for split in SPLITS:   # both files' problems are reported together
     try:
-      examples[split] = check_examples(task.examples(split), split, name)
+      if split == "train" and train_examples == "warm_start":
+        examples[split] = check_examples(task.warm_start_examples(), "warm_start", name)
+      else:
+        examples[split] = check_examples(task.examples(split), split, name)
     except ValueError as error:
       problems.add(str(error))
   _raise_data_problems(problems)
@@ -164,13 +174,14 @@ def build_verifier(task: Task, tokenizer: Tokenizer, data: RunData) -> InGraphVe
 
 
 def build_pipeline(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                   optimizer: optax.GradientTransformation, data: RunData, verifier: Any
-                   ) -> Pipeline:
+                   optimizer: optax.GradientTransformation, data: RunData, verifier: Any,
+                   task: Task | None = None) -> Pipeline:
   """The pipeline named by config.pipeline, built from the run's pieces and its config section."""
   entry = pipeline_registry.get_pipeline_entry(config.pipeline)
   pieces = RunPieces(graphdef=graphdef, optimizer=optimizer, encoder=data.encoder,
                      verifier=verifier, prompt_len=data.prompt_len, answer_len=data.answer_len,
-                     stop_token_ids=stop_token_ids(data.encoder.tokenizer), seed=config.seed)
+                     stop_token_ids=stop_token_ids(data.encoder.tokenizer), seed=config.seed,
+                     task=task)
   section = entry.section
   settings = config[section].to_dict() if section and section in config else {}
   try:

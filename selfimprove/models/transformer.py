@@ -83,7 +83,8 @@ class Transformer(nnx.Module):
           (config.embed_dim, config.vocab_size), ("embed", "vocab"), pd)
 
   def __call__(self, tokens: jax.Array, input_mask: jax.Array,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+               cache: KVCache | None = None, *, return_hidden: bool = False
+               ) -> tuple[jax.Array, KVCache | None]:
     """Runs the model over `tokens`.
 
     Args:
@@ -95,8 +96,12 @@ class Transformer(nnx.Module):
         at slots [cache.index, cache.index + seq) and attend to everything
         cached before them.
 
+      return_hidden: return the last hidden states (after the final norm, the
+        `last_hidden_state` of a Hugging Face model body) instead of the logits.
+
     Returns:
-      logits [batch, seq, vocab] float32, and the updated cache (None without one).
+      logits [batch, seq, vocab] float32 (or hidden states [batch, seq, embed_dim]
+      in the compute dtype), and the updated cache (None without one).
     """
     cfg = self.config
     rules = cfg.sharding_rules
@@ -148,6 +153,8 @@ class Transformer(nnx.Module):
                           index=cache.index + seq)
 
     x = self.final_norm(x)
+    if return_hidden:
+      return x, new_cache
     if cfg.tie_embeddings:
       head = self.embedding[...].T
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from selfimprove.pipelines import score, score_baselines, sft
+from selfimprove.pipelines import score, score_baselines, sft, stp
 from selfimprove.pipelines.base import Pipeline, RunPieces
 
 
@@ -70,6 +70,8 @@ register_pipeline("sft", sft.build, section="sft")
 register_pipeline("score", score_baselines.build, section="score",
                   check_warm_start=score.check_warm_start)
 register_row_transform("correction_demos", score.demo_rows)
+# "stp": conjecturer-prover self-play, and expert iteration as its mode (config.stp.mode).
+register_pipeline("stp", stp.build, section="stp")
 
 __all__ = ["Pipeline", "RunPieces", "register_pipeline", "register_row_transform",
            "get_pipeline_entry", "pipeline_names", "row_transforms"]

@@ -38,6 +38,8 @@ class RunPieces:
     seed: the run's config.seed, for randomness fixed for the whole run (a
       dataset sampled once: pipelines/score_baselines.py); per-step randomness
       comes from the step's key.
+    task: the run's task, for a pipeline that needs more of its domain than the
+      verifier (STP reads its training statements, seed set and statement checks).
   """
 
   graphdef: nnx.GraphDef
@@ -48,6 +50,7 @@ class RunPieces:
   answer_len: int
   stop_token_ids: tuple[int, ...]
   seed: int = 0
+  task: Any = None
 
   @property
   def pad_id(self) -> int:

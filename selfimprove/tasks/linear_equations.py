@@ -84,6 +84,8 @@ class LinearEquationsConfig:
     max_proof_len: most characters of a proof; 0 = the longest legal proof.
     num_seed / num_train / num_eval: statements in each set.
     seed_max_terms: most terms of a seed statement; 0 = midway to max_terms.
+    conjecture_examples_per_seed: conjecturing examples per seed statement in
+      `warm_start_examples` (STP's warm start teaches both roles).
     seed: seeds the generator of all three sets.
   """
 
@@ -99,6 +101,7 @@ class LinearEquationsConfig:
   num_train: int = 8192
   num_eval: int = 512
   seed_max_terms: int = 0
+  conjecture_examples_per_seed: int = 1
   seed: int = 0
 
   def __post_init__(self):
@@ -122,6 +125,7 @@ class LinearEquationsConfig:
         ("num_seed", self.num_seed >= 0, ">= 0"),
         ("num_train", self.num_train >= 1, ">= 1"),
         ("num_eval", self.num_eval >= 1, ">= 1"),
+        ("conjecture_examples_per_seed", self.conjecture_examples_per_seed >= 0, ">= 0"),
         ("seed_max_terms", self.seed_max_terms == 0 or self.min_terms <= self.seed_max_terms
          <= terms, "0 or in [min_terms, max_terms]")]:
       if not ok:
@@ -253,6 +257,50 @@ class LinearEquationsTask:
   def seed_examples(self) -> list[dict]:
     """Easy-to-medium statements with reference proofs for a warm start; not in train or eval."""
     return self._set("seed")
+
+  # -- STP's proof-domain interface (selfimprove/pipelines/stp.py) ----------------------------
+  statement_suffix = "|"     # the prover's prompt: statement + "|"
+  conjecture_suffix = "|"    # the conjecturer's prompt: statement + "|" + proof + "|"
+
+  def conjecturer_prompt(self, statement: str, proof: str) -> str:
+    return statement + self.statement_suffix + proof + self.conjecture_suffix
+
+  def difficulty(self, statement: str) -> int:
+    """The number of written terms of a well-formed statement."""
+    sides = parse_equation(statement, self.limits)[0]
+    return sum(max(len(side), 1) for side in sides)
+
+  def warm_start_examples(self) -> list[dict]:
+    """Both roles on the seed set: each seed's reference proof ("STATEMENT|" -> proof), and
+    `conjecture_examples_per_seed` conjecturing examples ("STATEMENT|PROOF|" -> another seed
+    statement with as many terms or one more, drawn deterministically in `seed`)."""
+    seeds = self.seed_examples()
+    rng = np.random.default_rng([self.config.seed % 2**32, 3])
+    by_terms: dict[int, list[dict]] = {}
+    for seed in seeds:
+      by_terms.setdefault(seed["num_terms"], []).append(seed)
+    conjecturing = []
+    for seed in seeds:
+      related = by_terms.get(seed["num_terms"], []) + by_terms.get(seed["num_terms"] + 1, [])
+      related = [other for other in related if other is not seed] or [seed]
+      for _ in range(self.config.conjecture_examples_per_seed):
+        other = related[int(rng.integers(len(related)))]
+        conjecturing.append(dict(seed, prompt=self.conjecturer_prompt(seed["statement"],
+                                                                      seed["answer"]),
+                                 answer=other["statement"], role="conjecturer"))
+    return [dict(seed, role="prover") for seed in seeds] + conjecturing
+
+  def statement_checks(self, tokenizer: Tokenizer) -> graph.StatementChecks | None:
+    """The in-graph checks on statements and proofs both in `tokenizer`'s ids (None if it is
+    not one token per character)."""
+    reader = graph.id_reader(tokenizer)
+    if reader is None:
+      return None
+    return graph.StatementChecks(
+        well_formed=lambda ids, mask: graph.well_formed_ids(ids, mask, self.limits, reader),
+        check_proof=lambda s, sm, p, pm: graph.check_proof_ids(s, sm, p, pm, self.limits,
+                                                               reader, reader),
+        difficulty=lambda ids, mask: graph.num_terms_ids(ids, mask, reader))
 
   def example_arrays(self, example: dict) -> dict[str, np.ndarray]:
     """statement_tokens int32 [statement_len] / statement_mask bool, in this task's char ids."""

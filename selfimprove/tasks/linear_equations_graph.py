@@ -23,7 +23,7 @@ move position, every combine pair), compared slot by slot.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,14 @@ class Limits:
   max_lines: int
   statement_len: int
   proof_len: int
+
+
+class StatementChecks(NamedTuple):
+  """A proof domain's in-graph checks, statements and proofs in the run's ids (one row each)."""
+
+  well_formed: Callable[[jax.Array, jax.Array], jax.Array]           # (ids, mask) -> bool []
+  check_proof: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]  # -> bool []
+  difficulty: Callable[[jax.Array, jax.Array], jax.Array]            # (ids, mask) -> int32 []
 
 
 class IdReader(NamedTuple):
@@ -275,3 +283,13 @@ def check_proof_ids(statement_ids: jax.Array, statement_mask: jax.Array, proof_i
               & ~proof.is_x[last, 1, 0] & divisible & (proof.coef[last, 1, 0] == quotient))
   return (_statement_ok(statement, statement_length, limits) & proof.ok
           & (proof_length <= limits.proof_len) & steps_ok & final_ok)
+
+
+def num_terms_ids(statement_ids: jax.Array, statement_mask: jax.Array, reader: IdReader
+                  ) -> jax.Array:
+  """int32 []: the written terms of a well-formed statement [s] ("0" counts as one), its
+  difficulty: 2 + the signs that separate terms (a "+" or "-" not at the start of a side)."""
+  text, _ = _read(statement_ids, statement_mask, reader)
+  sign = (text == PLUS) | (text == MINUS)
+  side_start = _shift(text, 1, EQUALS) == EQUALS
+  return 2 + jnp.sum(sign & ~side_start, dtype=jnp.int32)
