@@ -1,0 +1,89 @@
+"""STP under the real trainer (configs/stp_linear_equations.py:test): the one-command warm start
+on the warm-start set, the metrics, the pools in the checkpoint, a relaunch bit for bit."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from selfimprove import run_setup
+from selfimprove import train as train_lib
+from selfimprove.config_checks import ConfigError
+from tests.train_helpers import assert_trees_equal, read_metrics
+
+
+def _config(**overrides):
+  from configs.stp_linear_equations import get_config
+  config = get_config("test").unlock()
+  overrides = {"mesh.num_devices": 1, "mesh.data": 1, "train.async_checkpoints": False,
+               **overrides}
+  for name, value in overrides.items():
+    section, field = name.split(".")
+    config[section][field] = value
+  return config.lock()
+
+
+def _final_state(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "data"))
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return step, jax.tree.map(np.asarray, restored["state"])
+
+
+def test_warm_start_trains_on_the_warm_start_set_only():
+  config = _config()
+  warm = config.warm_start
+  task = run_setup.build_task(warm)
+  tokenizer, _ = run_setup.build_run_tokenizer(warm, task, run_setup.build_model_config(warm))
+  data = run_setup.build_data(warm, task, tokenizer)
+  prompts = {example["prompt"] for _, example in data.train}
+  train_statements = {example["statement"] + "|" for example in task.examples("train")}
+  assert not prompts & train_statements          # no training statement is shown with a proof
+  roles = [example["role"] for _, example in data.train]
+  assert roles.count("prover") == roles.count("conjecturer") == len(task.seed_examples())
+  with pytest.raises(ConfigError, match="train_examples must be"):
+    bad = warm.unlock()
+    bad.data.train_examples = "seeds"
+    run_setup.build_data(bad, task, tokenizer)
+
+
+def test_one_command_then_resume_bit_for_bit(tmp_path, capsys):
+  full = str(tmp_path / "full")
+  result = train_lib.train_with_warm_start(_config(), full)
+  assert os.path.isdir(os.path.join(full, "warm_start", "params"))
+  rows = read_metrics(full)
+  train_rows = [r for r in rows if "train/proved_fraction" in r]
+  assert [r["step"] for r in train_rows] == [2, 4]
+  for key in ("train/generated_proofs", "conjecture/well_formed", "conjecture/new",
+              "conjecture/barely_provable", "conjecture/distinct", "conjecture/pool_size"):
+    assert key in train_rows[0], key
+  assert [r["step"] for r in rows if "eval/pass_at_1" in r] == [0, 4]
+  assert 0.0 <= result["eval/pass_at_1"] <= result["eval/pass_at_k"] <= 1.0
+  step, state = _final_state(full)
+  assert step == 4
+  assert {"proved", "best_pass_rate", "proof", "novelty", "replay", "accepted"} <= set(
+      state["extra"])
+  assert int(state["extra"]["generated_proofs"]) == train_rows[-1]["train/generated_proofs"]
+
+  # A run killed after its step-2 checkpoint resumes to the same state and metrics.
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(os.path.join(full, "warm_start"), os.path.join(resumed, "warm_start"))
+  shutil.copytree(os.path.join(full, "checkpoints", "2"), os.path.join(resumed, "checkpoints", "2"))
+  shutil.copy(os.path.join(full, "metrics.jsonl"), resumed)
+  train_lib.train_with_warm_start(_config(), resumed)
+  resumed_rows = [r for r in read_metrics(resumed) if "train/proved_fraction" in r]
+  assert resumed_rows == train_rows
+  _, resumed_state = _final_state(resumed)
+  assert_trees_equal(state["params"], resumed_state["params"])
+  assert_trees_equal(state["extra"], resumed_state["extra"])
+
+
+def test_relaunch_refuses_another_mode(tmp_path):
+  workdir = str(tmp_path)
+  train_lib.train_with_warm_start(_config(**{"train.num_steps": 2}), workdir)
+  with pytest.raises(Exception, match="stp"):
+    train_lib.train_with_warm_start(_config(**{"stp.mode": "expert_iteration"}), workdir)
