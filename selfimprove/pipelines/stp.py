@@ -224,6 +224,57 @@ def _weighted_ce_sums(model, tokens, mask, loss_mask, weights) -> tuple[jax.Arra
   return -jnp.sum(mw * logp), jnp.sum(mw)
 
 
+def training_rows(prompt_tokens, prompt_mask, tokens, completion_mask):
+  """(tokens, mask, loss_mask) [rows, P + N] of sampled rows: the prompt, then the completion
+  (its tokens and <eos> are the targets)."""
+  return (jnp.concatenate([prompt_tokens, tokens], axis=1),
+          jnp.concatenate([prompt_mask, completion_mask], axis=1),
+          jnp.concatenate([jnp.zeros_like(prompt_mask), completion_mask], axis=1))
+
+
+def prover_example_weights(correct: jax.Array, proof_len: jax.Array, pass_rate: jax.Array,
+                           pair_hashes: jax.Array, seen: jax.Array, config: STPConfig
+                           ) -> jax.Array:
+  """[S * K] weight of each proof sample as a prover example (0: not one).
+
+  correct, proof_len: [S, K]; pass_rate: [S]; pair_hashes, seen: [S * K] the (prompt, proof)
+  hash and whether the replay table holds it. The official rule (`prover_weights`: pass rate
+  <= prover_max_pass_rate, exp(-coef len) / #distinct correct proofs), then 0 for a pair
+  already trained on.
+  """
+  k = correct.shape[1]
+  distinct = sel.first_occurrence(pair_hashes, correct.reshape(-1)).reshape(-1, k)
+  weights = sel.prover_weights(proof_len, correct, pass_rate,
+                               distinct if config.distinct_proofs else None,
+                               max_pass_rate=config.prover_max_pass_rate,
+                               length_coef=config.proof_length_coef).reshape(-1)
+  return jnp.where(seen, 0.0, weights)
+
+
+def conjecture_selection(new: jax.Array, pass_rate: jax.Array, num_correct: jax.Array,
+                         correct: jax.Array, proof_len: jax.Array, statement_len: jax.Array,
+                         config: STPConfig) -> tuple[jax.Array, jax.Array]:
+  """(barely provable [C], kept [C]) of the step's conjectures before distribution matching.
+
+  new: [C] well formed and never seen; pass_rate, num_correct: [C]; correct, proof_len: [C, K];
+  statement_len: [C]. Barely provable: new, >= 1 correct proof, pass rate below the cutoff;
+  kept: also survives the elegance filter among the step's barely provable conjectures.
+  """
+  barely = new & sel.barely_provable(pass_rate, num_correct,
+                                     max_pass_rate=config.conjecture_max_pass_rate)
+  ratio = sel.proof_length_ratio(proof_len, correct, jnp.maximum(statement_len, 1))
+  elegant = sel.elegance_keep(ratio, jnp.zeros(new.shape, jnp.int32), barely,
+                              drop_fraction=config.elegance_drop_fraction)
+  return barely, barely & elegant
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of values where mask, NaN (null in metrics.jsonl) where mask is empty."""
+  count = jnp.sum(mask, dtype=jnp.float32)
+  total = jnp.sum(jnp.where(mask, values, 0).astype(jnp.float32))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+
+
 @dataclasses.dataclass(frozen=True)
 class STP:
   graphdef: nnx.GraphDef
@@ -348,60 +399,43 @@ class STP:
     proof_len = jnp.sum(proof_text, axis=1, dtype=jnp.int32).reshape(-1, k)
 
     # Prover examples, and the (prompt, target) hashes shared with the replay table.
-    prover_tokens = jnp.concatenate([proofs.prompt_tokens, proofs.tokens], axis=1)
-    prover_mask = jnp.concatenate([proofs.prompt_mask, proofs.completion_mask], axis=1)
-    prover_loss_mask = jnp.concatenate([jnp.zeros_like(proofs.prompt_mask),
-                                        proofs.completion_mask], axis=1)
+    prover_tokens, prover_mask, prover_loss_mask = training_rows(
+        proofs.prompt_tokens, proofs.prompt_mask, proofs.tokens, proofs.completion_mask)
     pair_hash = sel.sequence_hashes(prover_tokens, prover_mask)
-    distinct = sel.first_occurrence(pair_hash, correct.reshape(-1)).reshape(-1, k)
-    prover_w = sel.prover_weights(proof_len, correct, pass_rate,
-                                  distinct if c.distinct_proofs else None,
-                                  max_pass_rate=c.prover_max_pass_rate,
-                                  length_coef=c.proof_length_coef).reshape(-1)
-    prover_w = jnp.where(_in_ring(pair_hash, extra["replay"]), 0.0, prover_w)
+    prover_w = prover_example_weights(correct, proof_len, pass_rate, pair_hash,
+                                      _in_ring(pair_hash, extra["replay"]), c)
 
     metrics = {}
     new_extra = dict(extra)
     if num_conj:
-      conj_rate, conj_correct = pass_rate[:num_conj], num_correct[:num_conj]
-      barely = conj["new"] & sel.barely_provable(conj_rate, conj_correct,
-                                                 max_pass_rate=c.conjecture_max_pass_rate)
-      ratio = sel.proof_length_ratio(proof_len[:num_conj], correct[:num_conj],
-                                     jnp.maximum(conj["statement"].length, 1))
-      elegant = sel.elegance_keep(ratio, jnp.zeros((num_conj,), jnp.int32), barely,
-                                  drop_fraction=c.elegance_drop_fraction)
-      kept = barely & elegant
+      conj_rate = pass_rate[:num_conj]
+      barely, kept = conjecture_selection(conj["new"], conj_rate, num_correct[:num_conj],
+                                          correct[:num_conj], proof_len[:num_conj],
+                                          conj["statement"].length, c)
+      # Distribution matching toward unproved training statements (official: all of them).
       targets = _random_pick(target_key, ~extra["proved"], c.matching_targets)
-      target_valid = ~extra["proved"][targets]
       embeddings = jax.lax.stop_gradient(self._embed(model, conj["statement"]))
       target_embeddings = jax.lax.stop_gradient(
           self._embed(model, Piece(train_ids[targets], train_len[targets])))
       conj_w = sel.distribution_matching_weights(embeddings, kept, target_embeddings,
-                                                 target_valid, match_key, cap=c.matching_cap)
-      conj_w = jnp.where(kept, conj_w, 0.0)
+                                                 ~extra["proved"][targets], match_key,
+                                                 cap=c.matching_cap)
       rollout = conj["rollout"]
-      conj_tokens = jnp.concatenate([rollout.prompt_tokens, rollout.tokens], axis=1)
-      conj_mask = jnp.concatenate([rollout.prompt_mask, rollout.completion_mask], axis=1)
-      conj_loss_mask = jnp.concatenate([jnp.zeros_like(rollout.prompt_mask),
-                                        rollout.completion_mask], axis=1)
+      conj_tokens, conj_mask, conj_loss_mask = training_rows(
+          rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens, rollout.completion_mask)
       conj_hash = sel.sequence_hashes(conj_tokens, conj_mask)
-      conj_w = jnp.where(_in_ring(conj_hash, extra["replay"]), 0.0, conj_w)
+      conj_w = jnp.where(kept & ~_in_ring(conj_hash, extra["replay"]), conj_w, 0.0)
       accepted = conj_w > 0
       difficulty = self.checks.difficulty(conj["statement"].ids, conj["mask"])
-      count = lambda x: jnp.sum(x, dtype=jnp.float32)
       metrics.update({
           "conjecture/well_formed": jnp.mean(conj["well_formed"]),
           "conjecture/new": jnp.mean(conj["new"]),
           "conjecture/barely_provable": jnp.mean(barely),
           "conjecture/accepted": jnp.mean(accepted),
           "conjecture/distinct": jnp.mean(conj["distinct"]),
-          "conjecture/pass_rate": jnp.sum(jnp.where(conj["new"], conj_rate, 0.0))
-          / jnp.maximum(count(conj["new"]), 1.0),
-          "conjecture/difficulty": jnp.where(count(accepted) > 0, jnp.sum(
-              jnp.where(accepted, difficulty, 0)) / jnp.maximum(count(accepted), 1.0), jnp.nan),
-          "conjecture/new_difficulty": jnp.where(count(conj["new"]) > 0, jnp.sum(
-              jnp.where(conj["new"], difficulty, 0)) / jnp.maximum(count(conj["new"]), 1.0),
-              jnp.nan),
+          "conjecture/pass_rate": _masked_mean(conj_rate, conj["new"]),
+          "conjecture/difficulty": _masked_mean(difficulty, accepted),
+          "conjecture/new_difficulty": _masked_mean(difficulty, conj["new"]),
           "conjecture/weight": jnp.sum(conj_w)})
       new_extra["novelty"] = _ring_insert(extra["novelty"], conj["hashes"], conj["new"])
       new_extra["accepted"] = self._remember(extra["accepted"], conj["statement"], conj_rate,

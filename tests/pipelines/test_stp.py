@@ -177,3 +177,46 @@ def test_config_errors_name_the_field(task):
     stp_lib.build(pieces, dict(SMALL_STP, statements_per_step=1000))
   with pytest.raises(ValueError, match="proof-domain task"):
     stp_lib.build(dataclasses.replace(pieces, task=object()), SMALL_STP)
+
+
+def test_prover_example_weights_by_hand():
+  """Pass rate <= 0.5, exp(-0.001 len) / #distinct correct proofs, duplicates and pairs already
+  trained on (the replay table) get 0."""
+  config = stp_lib.STPConfig(**SMALL_STP)
+  correct = jnp.asarray([[True, True, False], [True, True, True], [True, False, False]])
+  proof_len = jnp.asarray([[10, 10, 7], [5, 6, 7], [20, 3, 3]])
+  pass_rate = jnp.asarray([2 / 3, 1.0, 1 / 3])
+  pass_rate = pass_rate.at[0].set(0.5)          # row 0 at the cutoff (kept: <=)
+  hashes = jnp.asarray([7, 7, 8, 1, 2, 3, 4, 5, 6], jnp.uint32)   # row 0: one proof twice
+  seen = jnp.zeros((9,), bool).at[6].set(True)                    # row 2's proof was trained on
+  got = np.asarray(stp_lib.prover_example_weights(correct, proof_len, pass_rate, hashes, seen,
+                                                  config))
+  want = np.zeros(9)
+  want[0] = np.exp(-0.001 * 10) / 1               # one distinct correct proof in row 0
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  no_dedup = stp_lib.prover_example_weights(correct, proof_len, pass_rate, hashes, seen,
+                                            dataclasses.replace(config, distinct_proofs=False))
+  np.testing.assert_allclose(np.asarray(no_dedup)[:2], [np.exp(-0.01) / 2] * 2, rtol=1e-6)
+
+
+def test_conjecture_selection_by_hand():
+  """Barely provable = new, >= 1 proof, pass rate < 0.25; the elegance filter then drops the
+  lowest 20% of min(proof length / statement length) among them."""
+  config = stp_lib.STPConfig(**SMALL_STP)
+  k = 8
+  num_correct = np.asarray([1, 1, 1, 1, 1, 1, 0, 2, 1])
+  correct = np.arange(k)[None, :] < num_correct[:, None]
+  pass_rate = num_correct / k
+  new = np.ones(9, bool)
+  new[5] = False                                  # seen before: never selected
+  proof_len = np.full((9, k), 40)
+  proof_len[:, 0] = [40, 12, 30, 35, 50, 60, 10, 40, 45]
+  statement_len = np.full(9, 10)
+  barely, kept = stp_lib.conjecture_selection(jnp.asarray(new), jnp.asarray(pass_rate),
+                                              jnp.asarray(num_correct), jnp.asarray(correct),
+                                              jnp.asarray(proof_len), jnp.asarray(statement_len),
+                                              config)
+  # Rows 0-4 and 8 are barely provable (row 6: no proof; row 7: 2/8 = 0.25 is not < 0.25).
+  assert np.flatnonzero(np.asarray(barely)).tolist() == [0, 1, 2, 3, 4, 8]
+  # Six candidates: cutoff = sorted ratios[int(6 * 0.2)] = 3.0 -> row 1 (ratio 1.2) is dropped.
+  assert np.flatnonzero(np.asarray(kept)).tolist() == [0, 2, 3, 4, 8]

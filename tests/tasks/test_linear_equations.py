@@ -312,3 +312,43 @@ def test_too_few_statements_is_an_error_naming_the_field():
                                     max_coefficient=1, max_solution=0, num_eval=50)
   with pytest.raises(ValueError, match="num_eval"):
     le.LinearEquationsTask(config).examples("eval")
+
+
+def test_warm_start_set_teaches_both_roles_on_seeds_only(task):
+  seeds, rows = task.seed_examples(), task.warm_start_examples()
+  provers = [r for r in rows if r["role"] == "prover"]
+  conjecturers = [r for r in rows if r["role"] == "conjecturer"]
+  assert len(provers) == len(seeds) and len(conjecturers) == len(seeds) * (
+      CONFIG.conjecture_examples_per_seed)
+  seed_statements = {s["statement"]: s for s in seeds}
+  for row in conjecturers:
+    seed = seed_statements[row["statement"]]
+    assert row["prompt"] == f"{seed['statement']}|{seed['answer']}|"
+    assert row["answer"] in seed_statements and row["answer"] != row["statement"]
+    assert seed_statements[row["answer"]]["num_terms"] - seed["num_terms"] in (0, 1)
+  assert task.warm_start_examples() == rows   # deterministic in the seed
+
+
+def test_in_graph_difficulty_and_checks_match_the_host(task):
+  """statement_checks (in the run's ids) agree with the host functions on every statement and
+  on the reference proofs and a corrupted copy of each."""
+  checks = task.statement_checks(task.tokenizer)
+  examples = task.examples("train")[:200] + task.seed_examples()
+  width, proof_width = task.limits.statement_len, task.limits.proof_len
+  def encode(texts, n):
+    ids = np.full((len(texts), n), task.tokenizer.pad_id, np.int32)
+    for i, text in enumerate(texts):
+      ids[i, :len(text)] = task.tokenizer.encode(text)
+    return jnp.asarray(ids), jnp.asarray(np.arange(n)[None] < np.asarray([len(t) for t in texts])[:, None])
+  statements = [e["statement"] for e in examples]
+  proofs = [e["answer"] for e in examples]
+  broken = [p[:-1] + ("1" if p[-1] != "1" else "2") for p in proofs]
+  s_ids, s_mask = encode(statements + statements, width)
+  p_ids, p_mask = encode(proofs + broken, proof_width)
+  got = np.asarray(jax.vmap(checks.check_proof)(s_ids, s_mask, p_ids, p_mask))
+  want = [task.check_proof(s, p)[0] for s, p in zip(statements + statements, proofs + broken)]
+  assert got.tolist() == want and sum(want) == len(examples)
+  ids, mask = encode(statements, width)
+  assert np.asarray(jax.vmap(checks.difficulty)(ids, mask)).tolist() == [
+      task.difficulty(s) for s in statements] == [e["num_terms"] for e in examples]
+  assert np.all(np.asarray(jax.vmap(checks.well_formed)(ids, mask)))
