@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -29,6 +28,8 @@ from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench import runs  # noqa: E402
 
 MODES = ("score", "multiturn_rl_baseline", "offline_star_baseline", "online_star_baseline",
          "pair_sft_baseline", "score_without_stage1", "score_without_shaping")
@@ -46,14 +47,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def _train(workdir: str, *overrides: str) -> None:
-  command = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-             f"--config={_CONFIG.value}", f"--workdir={workdir}", *overrides]
-  print("+", " ".join(command[1:]), flush=True)
-  subprocess.run(command, check=True, cwd=ROOT)
-
-
-def _finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, "params", "model_config.json"))
+  runs.train(_CONFIG.value, workdir, *overrides)
 
 
 def _eval_rows(workdir: str) -> list[dict]:
@@ -155,7 +149,7 @@ def main(argv):
     warm = os.path.join(seed_dir, "score", "warm_start", "params")
     for mode in modes:
       run = os.path.join(seed_dir, mode)
-      if not _finished(run):
+      if not runs.finished(run):
         start = ([f"--config.warm_start.seed={seed}"] if mode == "score" else
                  [f"--config.init_from={warm}"])
         _train(run, f"--config.seed={seed}", *start, f"--config.score.mode={mode}", *_EXTRA.value)

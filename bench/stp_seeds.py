@@ -24,7 +24,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -32,6 +31,8 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench import runs  # noqa: E402
 
 METHODS = ("stp", "expert_iteration")
 FIGURES = ("eval/pass_at_1", "eval/pass_at_k", "train/proved_fraction")
@@ -47,15 +48,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def _train(workdir: str, *overrides: str) -> None:
-  command = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-             f"--config={_CONFIG.value}", f"--workdir={workdir}", *overrides]
-  print("+", " ".join(command[1:]), flush=True)
-  with open(workdir + ".log", "a") as log:
-    subprocess.run(command, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, "params", "model_config.json"))
+  runs.train(_CONFIG.value, workdir, *overrides, log_path=workdir + ".log")
 
 
 def _rows(workdir: str) -> list[dict]:
@@ -68,10 +61,10 @@ def _run_seed(seed: str) -> None:
   os.makedirs(base, exist_ok=True)
   common = [f"--config.seed={seed}", f"--config.warm_start.seed={seed}", *_EXTRA.value]
   stp_dir = os.path.join(base, "stp")
-  if not _finished(stp_dir):
+  if not runs.finished(stp_dir):
     _train(stp_dir, *common)
   ei_dir = os.path.join(base, "expert_iteration")
-  if not _finished(ei_dir):
+  if not runs.finished(ei_dir):
     _train(ei_dir, *common, "--config.stp.mode=expert_iteration",
            f"--config.init_from={os.path.join(stp_dir, 'warm_start', 'params')}")
 

@@ -38,13 +38,19 @@ def launch(workdir, *flags, env=None, wait=True, single_device=True, config=CONF
   return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
-def final_params(workdir):
-  """Parameters of the newest checkpoint in workdir, as numpy arrays."""
+def final_state(workdir):
+  """(step, the whole train state) of the newest checkpoint in workdir, as numpy arrays."""
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "data"))
   step = manager.latest_step()
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
-  return step, jax.tree.map(np.asarray, restored["state"]["params"])
+  return step, jax.tree.map(np.asarray, restored["state"])
+
+
+def final_params(workdir):
+  """Parameters of the newest checkpoint in workdir, as numpy arrays."""
+  step, state = final_state(workdir)
+  return step, state["params"]
 
 
 def read_metrics(workdir):

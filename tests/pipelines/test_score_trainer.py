@@ -7,11 +7,10 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from selfimprove import train as train_lib
-from tests.train_helpers import assert_trees_equal, read_metrics
+from tests.train_helpers import assert_trees_equal, final_state, read_metrics
 
 STAGE1_STEPS = 2
 EVAL_FIGURES = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "edit_distance", "changed")
@@ -29,14 +28,6 @@ def _config(**overrides):
   return config.lock()
 
 
-def _final_state(workdir):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "data"))
-  step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  return step, jax.tree.map(np.asarray, restored["state"])
-
-
 def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
   full = str(tmp_path / "full")
   result = train_lib.train(_config(), full)
@@ -48,7 +39,7 @@ def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
     assert [r["step"] for r in rows if f"eval/{name}" in r] == [0, 4, 8]   # 0: eval_at_start
     assert np.isfinite(result[f"eval/{name}"])
   assert result["eval/delta"] == pytest.approx(result["eval/acc_t2"] - result["eval/acc_t1"])
-  step, state = _final_state(full)
+  step, state = final_state(full)
   assert step == 8 and set(state["extra"]) == {"ref_params"}
   # The reference policy in the checkpoint is the initial policy, not the trained one.
   moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), state["params"], state["extra"]["ref_params"])
@@ -67,7 +58,7 @@ def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
   for a, b in zip(train_rows, resumed_rows):
     assert a["train/stage"] == b["train/stage"]
     assert a["train/loss"] == b["train/loss"], (a["step"], a["train/loss"], b["train/loss"])
-  _, resumed_state = _final_state(resumed)
+  _, resumed_state = final_state(resumed)
   assert_trees_equal(state["params"], resumed_state["params"])
   assert_trees_equal(state["extra"], resumed_state["extra"])
 
@@ -90,7 +81,7 @@ def test_one_command_trains_the_warm_start_then_score(tmp_path, capsys):
   # The reference policy (= the starting policy) is the warm start's exported model.
   from selfimprove.models.orbax_params import load_orbax_params
   _, _, warm_params = load_orbax_params(os.path.join(workdir, "warm_start", "params"))
-  _, state = _final_state(workdir)
+  _, state = final_state(workdir)
   assert_trees_equal(jax.tree.map(np.asarray, nnx_pure(warm_params)), state["extra"]["ref_params"])
   assert os.path.getsize(os.path.join(workdir, "eval_curves.png")) > 1000
   table = capsys.readouterr().out
@@ -144,6 +135,6 @@ def test_offline_baselines_train_and_resume_exactly(tmp_path, mode):
   resumed_rows = [r for r in read_metrics(resumed) if "train/kept_fraction" in r]
   assert [(r["train/loss"], r["train/kept_fraction"]) for r in resumed_rows] == [
       (r["train/loss"], r["train/kept_fraction"]) for r in rows]
-  _, state = _final_state(full)
-  _, resumed_state = _final_state(resumed)
+  _, state = final_state(full)
+  _, resumed_state = final_state(resumed)
   assert_trees_equal(state["params"], resumed_state["params"])

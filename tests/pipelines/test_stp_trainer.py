@@ -4,15 +4,12 @@ on the warm-start set, the metrics, the pools in the checkpoint, a relaunch bit 
 import os
 import shutil
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from selfimprove import run_setup
 from selfimprove import train as train_lib
 from selfimprove.config_checks import ConfigError
-from tests.train_helpers import assert_trees_equal, read_metrics
+from tests.train_helpers import assert_trees_equal, final_state, read_metrics
 
 
 def _config(**overrides):
@@ -28,14 +25,6 @@ def _config(**overrides):
 
 def _without_timing(row):
   return {k: v for k, v in row.items() if not k.startswith("perf/")}
-
-
-def _final_state(workdir):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "data"))
-  step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  return step, jax.tree.map(np.asarray, restored["state"])
 
 
 def test_warm_start_trains_on_the_warm_start_set_only():
@@ -67,7 +56,7 @@ def test_one_command_then_resume_bit_for_bit(tmp_path, capsys):
     assert key in train_rows[0], key
   assert [r["step"] for r in rows if "eval/pass_at_1" in r] == [0, 4]
   assert 0.0 <= result["eval/pass_at_1"] <= result["eval/pass_at_k"] <= 1.0
-  step, state = _final_state(full)
+  step, state = final_state(full)
   assert step == 4
   assert {"proved", "best_pass_rate", "proof", "novelty", "replay", "accepted"} <= set(
       state["extra"])
@@ -79,7 +68,7 @@ def test_one_command_then_resume_bit_for_bit(tmp_path, capsys):
   train_lib.train_with_warm_start(_config(), full)
   resumed_rows = [_without_timing(r) for r in read_metrics(full) if "train/proved_fraction" in r]
   assert resumed_rows == train_rows
-  _, resumed_state = _final_state(full)
+  _, resumed_state = final_state(full)
   assert_trees_equal(state["params"], resumed_state["params"])
   assert_trees_equal(state["extra"], resumed_state["extra"])
 
