@@ -3,13 +3,14 @@ on the warm-start set, the metrics, the pools in the checkpoint, a relaunch bit 
 
 import os
 import shutil
+import signal
 
 import pytest
 
 from selfimprove import run_setup
 from selfimprove import train as train_lib
 from selfimprove.config_checks import ConfigError
-from tests.train_helpers import assert_trees_equal, final_state, read_metrics
+from tests.train_helpers import assert_trees_equal, final_state, launch, read_metrics
 
 
 def _config(**overrides):
@@ -78,3 +79,32 @@ def test_relaunch_refuses_another_mode(tmp_path):
   train_lib.train_with_warm_start(_config(**{"train.num_steps": 2}), workdir)
   with pytest.raises(Exception, match="stp"):
     train_lib.train_with_warm_start(_config(**{"stp.mode": "expert_iteration"}), workdir)
+
+
+def test_sigkill_mid_self_play_then_relaunch_is_bitwise_identical(tmp_path):
+  """launch/train.py killed (SIGKILL) after an STP checkpoint: the same command again ends with
+  the parameters, statistics, novelty and replay tables of an uninterrupted run."""
+  from tests.test_train_launch import _wait_for_checkpoint
+  config = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs",
+                        "stp_linear_equations.py")
+  flags = ["--config.train.num_steps=16", "--config.train.checkpoint_every=2",
+           "--config.train.eval_every=16", "--config.train.log_every=2",
+           "--config.train.async_checkpoints=False"]
+  straight_dir, killed_dir = str(tmp_path / "straight"), str(tmp_path / "killed")
+  straight = launch(straight_dir, *flags, config=config)
+  assert straight.returncode == 0, straight.stdout + straight.stderr
+  proc = launch(killed_dir, *flags, config=config, wait=False)
+  _wait_for_checkpoint(proc, killed_dir)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  killed_at = final_state(killed_dir)[0]
+  assert 0 < killed_at < 16
+  resumed = launch(killed_dir, *flags, config=config)
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert f"Resuming from checkpoint at step {killed_at}" in resumed.stderr
+  (step, state), (straight_step, straight_state) = final_state(killed_dir), final_state(straight_dir)
+  assert step == straight_step == 16
+  assert_trees_equal(state["params"], straight_state["params"])
+  assert_trees_equal(state["extra"], straight_state["extra"])
+  rows = [_without_timing(r) for r in read_metrics(killed_dir)]
+  assert rows == [_without_timing(r) for r in read_metrics(straight_dir)]
