@@ -189,3 +189,99 @@ def policy_gradient_loss(logp: jax.Array, mask: jax.Array, advantages: jax.Array
   sequence_kl = jnp.sum(kl * mask, axis=1)
   advantages = jax.lax.stop_gradient(advantages)
   return -jnp.mean(advantages * sequence_logp) + kl_coef * jnp.mean(sequence_kl)
+
+
+# ---- GRPO family (pipelines/rl.py) -------------------------------------------
+#
+# Rows are [num_prompts * G] with the G samples of one prompt contiguous; token
+# arrays are [rows, len] with `mask` True at real completion tokens.
+
+POLICY_LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
+
+def grpo_advantages(rewards: jax.Array, group_size: int, normalize_std: bool = True,
+                    eps: float = 1e-4) -> jax.Array:
+  """GRPO's outcome advantage (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300, sec. 4.1.2):
+
+      A_i = (r_i - mean_g(r)) / (std_g(r) + eps)     (normalize_std=True)
+      A_i =  r_i - mean_g(r)                          (normalize_std=False)
+
+  over the G samples g of the row's prompt; every token of sample i gets A_i.
+  std is the sample standard deviation (divisor G - 1, torch's default, as TRL
+  and verl compute it; the paper does not say). A group whose rewards are all
+  equal gets A = 0, also with eps = 0. rewards [num_prompts * G] -> [num_prompts * G].
+  """
+  groups = _groups(rewards, group_size)
+  centred = groups - jnp.mean(groups, axis=1, keepdims=True)
+  if normalize_std:
+    if group_size < 2:
+      raise ValueError(f"grpo advantages with normalize_std need group_size >= 2, "
+                       f"got {group_size}.")
+    scale = jnp.std(groups, axis=1, keepdims=True, ddof=1) + eps
+    centred = centred / jnp.where(scale > 0, scale, 1.0)
+  return centred.reshape(-1)
+
+
+def dr_grpo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
+  """Dr. GRPO's advantage (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical
+  Perspective", arXiv 2503.20783): A_i = r_i - mean_g(r), without GRPO's division by the
+  group std (which up-weights prompts whose samples nearly all agree). Pair it with the
+  "constant" aggregation of `clipped_policy_loss`, the paper's other fix.
+  rewards [num_prompts * G] -> [num_prompts * G]; equals `group_mean_advantages`.
+  """
+  return group_mean_advantages(rewards, group_size)
+
+
+def aggregate_token_losses(values: jax.Array, mask: jax.Array, aggregation: str) -> jax.Array:
+  """Per-token values [B, L] -> a scalar, by `aggregation` (M = mask, |o_i| = sum_t M_it):
+
+    "token_mean":    sum_it M_it v_it / sum_it M_it      (DAPO, Yu et al. 2025, arXiv 2503.14476:
+                                                          every token weighs the same)
+    "sequence_mean": (1/B) sum_i (1/|o_i|) sum_t M_it v_it   (GRPO's objective, arXiv 2402.03300)
+    "constant":      sum_it M_it v_it / (B * L)          (Dr. GRPO, arXiv 2503.20783: L = the
+                                                          static completion budget, no length bias)
+
+  Rows without tokens count 0 in "sequence_mean"; an empty mask gives 0.
+  """
+  mask = mask.astype(jnp.float32)
+  total = values.astype(jnp.float32) * mask
+  if aggregation == "token_mean":
+    return jnp.sum(total) / jnp.maximum(jnp.sum(mask), 1.0)
+  if aggregation == "sequence_mean":
+    return jnp.mean(jnp.sum(total, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0))
+  if aggregation == "constant":
+    return jnp.sum(total) / (mask.shape[0] * mask.shape[1])
+  raise ValueError(f"aggregation must be one of {POLICY_LOSS_AGGREGATIONS}, got {aggregation!r}.")
+
+
+def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
+                        mask: jax.Array, clip_eps_low: float, clip_eps_high: float,
+                        aggregation: str) -> tuple[jax.Array, jax.Array]:
+  """PPO's clipped surrogate per token (Schulman et al. 2017, arXiv 1707.06347), as GRPO uses it:
+
+      rho_it = exp(logp_it - old_logp_it)
+      l_it   = -min(rho_it A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) A_i)
+      loss   = aggregate_token_losses(l, mask, aggregation)
+
+  eps_low = eps_high is PPO/GRPO; eps_high > eps_low is DAPO's "clip-higher" (0.2 / 0.28).
+  clip_fraction = share of real tokens whose gradient the clip removes: (rho > 1 + eps_high
+  and A > 0) or (rho < 1 - eps_low and A < 0), over all real tokens of the batch.
+
+  Args:
+    logp: [B, L] log-probs of the sampled tokens under the policy being trained.
+    old_logp: [B, L] the same under the policy that sampled them (no gradient taken).
+    advantages: [B], one per sequence (no gradient taken).
+    mask: [B, L] bool, True at real completion tokens.
+
+  Returns:
+    (scalar loss, scalar clip_fraction).
+  """
+  old_logp = jax.lax.stop_gradient(old_logp)
+  advantages = jax.lax.stop_gradient(advantages)[:, None]
+  ratio = jnp.exp(jnp.where(mask, logp - old_logp, 0.0))
+  clipped = jnp.clip(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
+  per_token = -jnp.minimum(ratio * advantages, clipped * advantages)
+  is_clipped = (((ratio > 1.0 + clip_eps_high) & (advantages > 0)) |
+                ((ratio < 1.0 - clip_eps_low) & (advantages < 0)))
+  clip_fraction = masked_mean(jax.lax.stop_gradient(is_clipped).astype(jnp.float32), mask)
+  return aggregate_token_losses(per_token, mask, aggregation), clip_fraction

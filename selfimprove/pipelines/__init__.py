@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from selfimprove.pipelines import score, score_baselines, sft, stp
+from selfimprove.pipelines import rl, score, score_baselines, sft, stp
 from selfimprove.pipelines.base import Pipeline, RunPieces
 
 
@@ -72,6 +72,8 @@ register_pipeline("score", score_baselines.build, section="score",
 register_row_transform("correction_demos", score.demo_rows)
 # "stp": conjecturer-prover self-play, and expert iteration as its mode (config.stp.mode).
 register_pipeline("stp", stp.build, section="stp")
+# "rl": GRPO / RLOO / Dr. GRPO with verifier, self-judge, length and format rewards.
+register_pipeline("rl", rl.build, section="rl")
 
 __all__ = ["Pipeline", "RunPieces", "register_pipeline", "register_row_transform",
            "get_pipeline_entry", "pipeline_names", "row_transforms"]
