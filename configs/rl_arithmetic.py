@@ -17,8 +17,10 @@ below, read from the current policy; `...self_judge.judge=reference` for the fro
 starting model). The char tokenizer writes only the task's alphabet, so the template here is
 "{problem}{candidate}=" answered by "1" (yes) or "0" (no): plumbing, not a trained judge.
 
-Expected result: not measured yet (no docs/results page). Presets: `tiny`; `test` (2-layer
-model, a few steps, every reward source and the KL term on, for tests).
+Measured once (seed 0, 2-core CPU, commit c70980d; no docs/results page yet): the warm start
+stops after 39 s at 55.0% greedy held-out accuracy (1,024 problems), GRPO's 300 steps take it
+to 88.1%; 1 min 55 s in all. Presets: `tiny`; `test` (2-layer model, a few steps, every reward
+source and the KL term on, for tests).
 """
 
 import ml_collections
