@@ -285,3 +285,72 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
                 ((ratio < 1.0 - clip_eps_low) & (advantages < 0)))
   clip_fraction = masked_mean(jax.lax.stop_gradient(is_clipped).astype(jnp.float32), mask)
   return aggregate_token_losses(per_token, mask, aggregation), clip_fraction
+
+
+# ---- Preference losses over summed completion log-probs (DPO family) ---------------------
+
+def sequence_logprobs(logp: jax.Array, mask: jax.Array) -> jax.Array:
+  """[B] sum of the completion's token log-probs (logp, mask [B, L]): the convention of DPO,
+  SPIN, SPPO and Self-Rewarding (summed, not averaged)."""
+  return jnp.sum(jnp.where(mask, logp, 0.0), axis=-1)
+
+
+def preference_margin(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
+                      ref_rejected: jax.Array) -> jax.Array:
+  """[B] h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)), all summed log-probs [B]."""
+  return (chosen - ref_chosen) - (rejected - ref_rejected)
+
+
+def dpo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
+             ref_rejected: jax.Array, beta: float) -> jax.Array:
+  """Scalar DPO sigmoid loss (Rafailov et al. 2023, arXiv 2305.18290): mean_b -log sigmoid(beta h_b).
+
+  Also SPIN's logistic loss (Chen et al. 2024, arXiv 2401.01335) with chosen = the data's
+  answer, rejected = the previous iterate's sample and ref = that iterate (beta = lambda).
+  """
+  return -jnp.mean(jax.nn.log_sigmoid(beta * preference_margin(chosen, rejected, ref_chosen,
+                                                                ref_rejected)))
+
+
+def spin_hinge_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
+                    ref_rejected: jax.Array, beta: float) -> jax.Array:
+  """Scalar mean_b max(0, 1 - beta h_b): SPIN's hinge variant (its code's loss_type "hinge")."""
+  margin = beta * preference_margin(chosen, rejected, ref_chosen, ref_rejected)
+  return jnp.mean(jnp.maximum(0.0, 1.0 - margin))
+
+
+def ipo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
+             ref_rejected: jax.Array, beta: float) -> jax.Array:
+  """Scalar IPO loss (Azar et al. 2023, arXiv 2310.12036): mean_b (h_b - 1 / (2 beta))^2.
+
+  On summed log-probs like the other losses here (TRL's "ipo" averages over tokens first).
+  """
+  margin = preference_margin(chosen, rejected, ref_chosen, ref_rejected)
+  return jnp.mean(jnp.square(margin - 1.0 / (2.0 * beta)))
+
+
+def sppo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
+              ref_rejected: jax.Array, win_rate_chosen: jax.Array, win_rate_rejected: jax.Array,
+              beta: float) -> jax.Array:
+  """Scalar SPPO loss (Wu et al. 2024, arXiv 2405.00675; its code's loss_type "sppo"):
+
+      mean_b 1/2 [ (log pi(y_w)/pi_t(y_w) - eta (P_w - 1/2))^2
+                 + (log pi(y_l)/pi_t(y_l) - eta (P_l - 1/2))^2 ],   eta = 1 / beta,
+
+  each response's log-ratio regressed onto eta times its centred estimated win rate P against
+  the current policy pi_t (= the reference). All arrays [B]; win rates in [0, 1].
+  """
+  eta = 1.0 / beta
+  chosen_term = jnp.square(chosen - ref_chosen - eta * (win_rate_chosen - 0.5))
+  rejected_term = jnp.square(rejected - ref_rejected - eta * (win_rate_rejected - 0.5))
+  return jnp.mean(0.5 * (chosen_term + rejected_term))
+
+
+def preference_metrics(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
+                       ref_rejected: jax.Array, beta: float) -> dict[str, jax.Array]:
+  """The DPO family's logged figures: implicit rewards r = beta (log pi - log ref) of both
+  responses, their margin, the share of pairs with r_w > r_l, and the policy's log-probs."""
+  reward_chosen, reward_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+  return {"train/reward_margin": jnp.mean(reward_chosen - reward_rejected),
+          "train/reward_accuracy": jnp.mean((reward_chosen > reward_rejected).astype(jnp.float32)),
+          "train/chosen_logp": jnp.mean(chosen), "train/rejected_logp": jnp.mean(rejected)}
