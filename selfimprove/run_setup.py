@@ -93,7 +93,7 @@ class RunData:
   prompt_len: int
   answer_len: int
   train_rows: Callable[[tuple[int, dict]], dict]   # may add correction demos
-  eval_rows: encoding.RowEncoder
+  eval_rows: Callable[[tuple[int, dict]], dict]   # may add fields evaluate reads
 
   @functools.cached_property
   def records(self) -> list[dict]:
@@ -149,17 +149,20 @@ def build_data(config: ml_collections.ConfigDict, task: Task, tokenizer: Tokeniz
   _raise_data_problems(problems)
   rows = encoding.RowEncoder(encoder, prompt_len, answer_len, task.example_arrays)
   train_rows: Callable = rows
+  eval_rows: Callable = rows
   data_settings = config.data.to_dict()
-  for field, transform in pipeline_registry.row_transforms().items():
+  for field, (transform, also_eval) in pipeline_registry.row_transforms().items():
     if data_settings.get(field):
       try:
         train_rows = transform(train_rows, data_settings, task, config.seed)
+        if also_eval:
+          eval_rows = transform(eval_rows, data_settings, task, config.seed)
       except ValueError as error:
         raise ConfigError(f"config.data ({field} and the fields it reads): {error}") from None
   return RunData(train=list(enumerate(train)),
                  eval=[(len(train) + j, example) for j, example in enumerate(evals)],
                  encoder=encoder, prompt_len=prompt_len, answer_len=answer_len,
-                 train_rows=train_rows, eval_rows=rows)
+                 train_rows=train_rows, eval_rows=eval_rows)
 
 
 def build_verifier(task: Task, tokenizer: Tokenizer, data: RunData) -> InGraphVerifier | HostVerifier:

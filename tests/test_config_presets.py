@@ -10,7 +10,8 @@ from selfimprove.config_checks import validate_config
 PRESETS = [("sft_arithmetic", "tiny"), ("sft_arithmetic", "test"), ("score_arithmetic", "tiny"),
            ("score_arithmetic", "hard"), ("score_arithmetic", "test"),
            ("stp_linear_equations", "tiny"), ("stp_linear_equations", "test"),
-           ("rl_arithmetic", "tiny"), ("rl_arithmetic", "test")]
+           ("rl_arithmetic", "tiny"), ("rl_arithmetic", "test"),
+           ("preference_jsonl", "tiny"), ("preference_jsonl", "test")]
 
 
 @pytest.mark.parametrize("module, preset", PRESETS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from selfimprove.pipelines import rl, score, score_baselines, sft, stp
+from selfimprove.pipelines import preference, rl, score, score_baselines, sft, stp
 from selfimprove.pipelines.base import Pipeline, RunPieces
 
 
@@ -30,8 +30,9 @@ class PipelineEntry:
 
 
 _PIPELINES: dict[str, PipelineEntry] = {}
-# config.data field -> build(row_encoder, data settings dict, task, seed) -> row encoder.
-_ROW_TRANSFORMS: dict[str, Callable[..., Any]] = {}
+# config.data field -> (build(row_encoder, data settings dict, task, seed) -> row encoder,
+# whether evaluation rows get it too).
+_ROW_TRANSFORMS: dict[str, tuple[Callable[..., Any], bool]] = {}
 
 
 def register_pipeline(name: str, build: Callable[[RunPieces, dict], Pipeline], *,
@@ -44,11 +45,14 @@ def register_pipeline(name: str, build: Callable[[RunPieces, dict], Pipeline], *
   _PIPELINES[name] = entry
 
 
-def register_row_transform(data_field: str, build: Callable[..., Any]) -> None:
-  """Training rows built by `build` whenever config.data.<data_field> is set (truthy)."""
-  if data_field in _ROW_TRANSFORMS and _ROW_TRANSFORMS[data_field] is not build:
+def register_row_transform(data_field: str, build: Callable[..., Any], *,
+                           eval_rows: bool = False) -> None:
+  """Training rows built by `build` whenever config.data.<data_field> is set (truthy); with
+  eval_rows=True the evaluation rows too (fields the pipeline's `evaluate` reads, such as a
+  preference pair's rejected answer)."""
+  if data_field in _ROW_TRANSFORMS and _ROW_TRANSFORMS[data_field] != (build, eval_rows):
     raise ValueError(f"config.data.{data_field} already has a row transform.")
-  _ROW_TRANSFORMS[data_field] = build
+  _ROW_TRANSFORMS[data_field] = (build, eval_rows)
 
 
 def get_pipeline_entry(name: str) -> PipelineEntry:
@@ -61,7 +65,7 @@ def pipeline_names() -> list[str]:
   return sorted(_PIPELINES)
 
 
-def row_transforms() -> dict[str, Callable[..., Any]]:
+def row_transforms() -> dict[str, tuple[Callable[..., Any], bool]]:
   return dict(_ROW_TRANSFORMS)
 
 
@@ -74,6 +78,9 @@ register_row_transform("correction_demos", score.demo_rows)
 register_pipeline("stp", stp.build, section="stp")
 # "rl": GRPO / RLOO / Dr. GRPO with verifier, self-judge, length and format rewards.
 register_pipeline("rl", rl.build, section="rl")
+# "preference": offline DPO / IPO / SPIN / SPPO on the data's (chosen, rejected) pairs.
+register_pipeline("preference", preference.build, section="preference")
+register_row_transform("preference_pairs", preference.pair_rows, eval_rows=True)
 
 __all__ = ["Pipeline", "RunPieces", "register_pipeline", "register_row_transform",
            "get_pipeline_entry", "pipeline_names", "row_transforms"]
