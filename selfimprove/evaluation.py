@@ -30,9 +30,10 @@ def evaluate(eval_fn: Callable[..., Any], pipeline: Pipeline, params: dict,
              ) -> dict[str, float]:
   """eval/<name> figures: the pipeline's summary of its per-example values on every real row.
 
-  `eval_fn(params, batch, rng)` returns {name: [batch]} (replicated, so every
-  process reads the whole batch); padding rows (batch["valid"] False) are dropped
-  before the summary, which sees all eval examples at once.
+  `eval_fn(params, batch, rng)` returns {name: [batch, ...]} (replicated, so every
+  process reads the whole batch; trailing axes, e.g. [batch, candidates], are kept
+  and reach the summary as [num_examples, ...]); padding rows (batch["valid"]
+  False) are dropped before the summary, which sees all eval examples at once.
   """
   values: dict[str, list[np.ndarray]] = {name: [] for name in pipeline.eval_metric_names}
   process, processes = jax.process_index(), jax.process_count()

@@ -84,7 +84,8 @@ class Pipeline(Protocol):
 
   def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:
-    """Per-example eval values [batch] for each name in `eval_metric_names`."""
+    """Per-example eval values [batch, ...] (a leading row per example) for each name in
+    `eval_metric_names`."""
     ...
 
   # Optional: `summarize_eval(values) -> {name: float}` over ALL eval examples at once

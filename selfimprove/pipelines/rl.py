@@ -33,6 +33,13 @@ over completion tokens; logged only with kl_coef > 0) are means over the step's 
 train/reward (the weighted sum), train/reward/<name> (each source, unweighted),
 train/reward_std (mean over prompts of the group's reward std) and train/length (completion
 tokens) describe the samples; perf/tokens counts the re-scored real tokens of every update.
+
+Evaluation: eval/accuracy, the verifier on greedy completions; and, unless
+config.rl.judge_eval is off, the self-judge measured against the verifier on the same prompts
+(selfimprove/judge_eval.py; the current policy judges): eval/judge_auroc, eval/judge_ece,
+eval/judge_accuracy, eval/pairwise_agreement (with a pairwise template) and
+eval/bon{N}_{selector} for N in best_of and the selectors self_certainty, borda, p_true,
+majority, random, oracle.
 """
 
 from __future__ import annotations
@@ -45,12 +52,16 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from selfimprove import multiturn
+from selfimprove import judging, multiturn
+from selfimprove.judge_eval import JudgeEval, JudgeEvalConfig, parse_judge_eval
+from selfimprove.judge_eval import summarize as summarize_judge_eval
 from selfimprove.objectives import (KL_ESTIMATORS, POLICY_LOSS_AGGREGATIONS, aggregate_token_losses,
                                     clipped_policy_loss, dr_grpo_advantages, grpo_advantages,
                                     masked_mean, rloo_advantages, turn_kl)
-from selfimprove.pipelines.base import RunPieces
-from selfimprove.pipelines.rl_rewards import RewardInputs, RewardSpec, build_source, parse_rewards
+from selfimprove.pipelines.base import RunPieces, mean_summary
+from selfimprove.pipelines.rl_rewards import (RewardInputs, RewardSpec, build_source,
+                                              build_template_judge, parse_rewards,
+                                              self_judge_template)
 from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState
 
@@ -77,6 +88,10 @@ class RLConfig:
     num_iterations: optimizer updates per batch of samples (GRPO's mu).
     kl_coef: weight of the KL to the reference (0: no reference pass).
     kl_estimator: "k1", "k3" or "exact".
+    judge_eval: how evaluation measures the self-judge against the verifier (a dict of
+      judge_eval.JudgeEvalConfig fields; after construction the JudgeEvalConfig). Unset
+      fields: `enabled` is on when rewards list a self_judge entry (any weight) or a template
+      is given here; template/yes/no are that entry's. Off: eval/accuracy only.
   """
 
   rewards: Any = dataclasses.field(default_factory=lambda: {"verifier": {"weight": 1.0}})
@@ -92,11 +107,15 @@ class RLConfig:
   num_iterations: int = 1
   kl_coef: float = 0.0
   kl_estimator: str = "k3"
+  judge_eval: Any = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    raw_rewards = self.rewards
     if not (isinstance(self.rewards, tuple) and
             all(isinstance(spec, RewardSpec) for spec in self.rewards)):
       object.__setattr__(self, "rewards", parse_rewards(self.rewards))
+    object.__setattr__(self, "judge_eval", parse_judge_eval(self.judge_eval,
+                                                            self_judge_template(raw_rewards)))
     checks = [
         (self.group_size >= 2, "group_size",
          "must be >= 2 (advantages compare a prompt's samples)"),
@@ -141,7 +160,8 @@ class RL:
   """Batch keys: prompt_tokens/prompt_mask [batch, P] and what the verifier reads.
 
   `sources`: (spec, callable) per reward source; the frozen reference, when kept, is
-  `state.extra["ref_params"]`.
+  `state.extra["ref_params"]`. `judge_eval`: the self-judge measurement run by `evaluate`
+  (selfimprove/judge_eval.py), or None.
   """
 
   graphdef: nnx.GraphDef
@@ -153,6 +173,12 @@ class RL:
   stop_token_ids: tuple[int, ...]
   pad_token_id: int
   eval_metric_names: tuple[str, ...] = ("accuracy",)
+  judge_eval: JudgeEval | None = None
+
+  @property
+  def eval_summary_names(self) -> tuple[str, ...]:
+    """What the progress bar shows."""
+    return ("accuracy",) + (("judge_auroc",) if self.judge_eval is not None else ())
 
   def init_extra(self, params: dict) -> dict:
     return {"ref_params": params} if self.config.keeps_reference else {}
@@ -234,10 +260,41 @@ class RL:
 
   def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:
-    """Per-example [batch] accuracy: the run's verifier on greedy completions."""
+    """Per-example [batch] accuracy: the run's verifier on greedy completions; with judge_eval
+    also its values ([batch] or [batch, num_candidates]; selfimprove/judge_eval.py)."""
     rollout = sample(nnx.merge(self.graphdef, params), batch["prompt_tokens"],
                      batch["prompt_mask"], rng, self.sampling_config(train=False))
-    return {"accuracy": self.verifier(rollout.tokens, rollout.completion_mask, batch)}
+    values = {"accuracy": self.verifier(rollout.tokens, rollout.completion_mask, batch)}
+    if self.judge_eval is not None:
+      values.update(self.judge_eval(params, batch, rng))
+    return values
+
+  def summarize_eval(self, values: dict) -> dict[str, float]:
+    """eval/accuracy (the mean), and with judge_eval its figures (judge_eval.summarize)."""
+    summary = mean_summary({"accuracy": values["accuracy"]})
+    if self.judge_eval is not None:
+      summary.update(summarize_judge_eval(values))
+    return summary
+
+
+def build_judge_eval(config: JudgeEvalConfig, pieces: RunPieces, max_new_tokens: int
+                     ) -> JudgeEval:
+  """The measurement of config.rl.judge_eval (judge templates encoded here, once)."""
+  common = dict(graphdef=pieces.graphdef, encoder=pieces.encoder,
+                stop_token_ids=pieces.stop_token_ids, pad_id=pieces.pad_id)
+  judge = build_template_judge(judging.JudgeTemplate(config.template, config.yes, config.no),
+                               ("problem", "candidate"), f"{config.section}.template", **common)
+  pairwise = None
+  if config.pairwise_template:
+    template = judging.JudgeTemplate(config.pairwise_template, config.pairwise_yes,
+                                     config.pairwise_no)
+    pairwise = build_template_judge(template, ("problem", "first", "second"),
+                                    f"{config.section}.pairwise_template", **common)
+  sampling = SamplingConfig(
+      max_new_tokens=max_new_tokens, temperature=config.temperature,
+      num_samples_per_prompt=config.num_candidates, stop_token_ids=pieces.stop_token_ids,
+      pad_token_id=pieces.pad_id)
+  return JudgeEval(config, pieces.graphdef, pieces.verifier, sampling, judge, pairwise)
 
 
 def build(pieces: RunPieces, settings: dict) -> RL:
@@ -249,9 +306,14 @@ def build(pieces: RunPieces, settings: dict) -> RL:
                           verifier=pieces.verifier, max_new_tokens=max_new_tokens,
                           stop_token_ids=pieces.stop_token_ids, pad_id=pieces.pad_id))
       for spec in config.rewards)
+  judge_eval = (build_judge_eval(config.judge_eval, pieces, max_new_tokens)
+                if config.judge_eval.enabled else None)
   return RL(graphdef=pieces.graphdef, optimizer=pieces.optimizer, verifier=pieces.verifier,
             config=config, sources=sources, max_new_tokens=max_new_tokens,
-            stop_token_ids=pieces.stop_token_ids, pad_token_id=pieces.pad_id)
+            stop_token_ids=pieces.stop_token_ids, pad_token_id=pieces.pad_id,
+            eval_metric_names=("accuracy",) + (judge_eval.config.metric_names
+                                               if judge_eval is not None else ()),
+            judge_eval=judge_eval)
 
 
-__all__ = ["RL", "RLConfig", "ADVANTAGES", "group_advantages", "build"]
+__all__ = ["RL", "RLConfig", "ADVANTAGES", "group_advantages", "build_judge_eval", "build"]

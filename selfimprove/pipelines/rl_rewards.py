@@ -23,7 +23,8 @@ problem tokens (without <bos>/chat wrapping) and the completion (without its sto
 any sampled pad/<bos> ids, which text decoding drops), then left-padded. With a char or byte
 tokenizer this equals encoding the rendered text (tested); with BPE the pieces are encoded
 apart, so merges across a piece boundary can differ from whole-text encoding (end template
-pieces on whitespace or punctuation).
+pieces on whitespace or punctuation). `TemplateJudge` does this for any number of candidates
+(P(True): one; a pairwise judge: two) and is also what selfimprove/judge_eval.py measures.
 """
 
 from __future__ import annotations
@@ -112,6 +113,28 @@ def parse_rewards(rewards: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[st
   return tuple(specs)
 
 
+def self_judge_template(rewards: Any) -> dict[str, Any] | None:
+  """{"template", "yes", "no"} of the first "self_judge" entry of config.rl.rewards, whatever
+  its weight (a switched-off judge reward still names the run's judge), or None.
+
+  `rewards` as `parse_rewards` takes it, or its result (RewardSpecs)."""
+  if isinstance(rewards, Mapping):
+    entries = [(name, settings) for name, settings in rewards.items()]
+  else:
+    entries = [(getattr(entry, "name", None), entry) for entry in rewards]
+  for name, entry in entries:
+    if isinstance(entry, RewardSpec):
+      source, options = entry.source, dict(entry.options)
+    elif isinstance(entry, Mapping):
+      source, options = entry.get("source", entry.get("name", name)), dict(entry)
+    else:
+      continue
+    if source == "self_judge":
+      defaults = OPTIONS["self_judge"]
+      return {field: options.get(field, defaults[field]) for field in ("template", "yes", "no")}
+  return None
+
+
 class RewardInputs(NamedTuple):
   """What a source reads. Rows = prompts x group_size, grouped by prompt."""
 
@@ -140,6 +163,28 @@ def problem_mask(prompt_mask: jax.Array, head: int, tail: int) -> jax.Array:
   return prompt_mask & (rank >= head) & (rank < count - tail)
 
 
+def assemble_prompt(pieces: Sequence[Sequence[int]],
+                    segments: Sequence[tuple[jax.Array, jax.Array]], pad_id: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """pieces[0] + segments[0] + pieces[1] + ... + segments[-1] + pieces[-1], left-padded.
+
+  pieces: len(segments) + 1 fixed id sequences; segments: (tokens [rows, L_i], bool mask
+  [rows, L_i]) each -> (tokens int32, mask bool), each [rows, sum |pieces| + sum L_i].
+  """
+  if len(pieces) != len(segments) + 1:
+    raise ValueError(f"assemble_prompt: {len(pieces)} pieces for {len(segments)} segments; "
+                     "expected one more piece than segments.")
+  rows = segments[0][0].shape[0]
+  tokens, mask = [], []
+  for i, ids in enumerate(pieces):
+    tokens.append(jnp.broadcast_to(jnp.asarray(ids, jnp.int32).reshape(1, -1), (rows, len(ids))))
+    mask.append(jnp.ones((rows, len(ids)), bool))
+    if i < len(segments):
+      tokens.append(segments[i][0].astype(jnp.int32))
+      mask.append(segments[i][1].astype(bool))
+  return left_pad(jnp.concatenate(tokens, axis=1), jnp.concatenate(mask, axis=1), pad_id)
+
+
 def judge_prompt(pieces: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
                  problem_tokens: jax.Array, problem_mask_: jax.Array,
                  candidate_tokens: jax.Array, candidate_mask: jax.Array, pad_id: int
@@ -149,15 +194,8 @@ def judge_prompt(pieces: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]
   pieces: (prefix, middle, suffix) ids; problem [rows, P], candidate [rows, N] tokens and
   bool masks -> (tokens int32, mask bool), each [rows, |prefix| + P + |middle| + N + |suffix|].
   """
-  rows = problem_tokens.shape[0]
-  fixed = lambda ids: jnp.broadcast_to(jnp.asarray(ids, jnp.int32).reshape(1, -1), (rows, len(ids)))
-  prefix, middle, suffix = (fixed(ids) for ids in pieces)
-  tokens = jnp.concatenate([prefix, problem_tokens.astype(jnp.int32), middle,
-                            candidate_tokens.astype(jnp.int32), suffix], axis=1)
-  mask = jnp.concatenate([jnp.ones(prefix.shape, bool), problem_mask_.astype(bool),
-                          jnp.ones(middle.shape, bool), candidate_mask.astype(bool),
-                          jnp.ones(suffix.shape, bool)], axis=1)
-  return left_pad(tokens, mask, pad_id)
+  return assemble_prompt(pieces, [(problem_tokens, problem_mask_),
+                                  (candidate_tokens, candidate_mask)], pad_id)
 
 
 def wrapped_text_pieces(encoder: TextEncoder, text: str, fields: tuple[str, ...], what: str
@@ -210,31 +248,72 @@ class FormatReward:
 
 
 @dataclasses.dataclass(frozen=True)
-class SelfJudgeReward:
-  """P(True) [rows] of the judge prompt around each (problem, completion)."""
+class TemplateJudge:
+  """P(yes) of a yes/no judge prompt: fixed template pieces around a problem and k candidates.
+
+  Also used outside rewards (selfimprove/judge_eval.py): P(True) with k = 1, a pairwise
+  "is the first better?" judge with k = 2.
+  """
 
   graphdef: nnx.GraphDef
-  pieces: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]   # prefix, middle, suffix
+  pieces: tuple[tuple[int, ...], ...]    # k + 2 id tuples: before the problem, ..., after the last
   prompt_wrapping: tuple[int, int]       # (head, tail) prompt tokens around the problem text
   yes_ids: tuple[int, ...]
   no_ids: tuple[int, ...]
   dropped_ids: tuple[int, ...]           # completion ids left out: stop, pad, <bos>
   pad_id: int
+
+  def candidate_mask(self, tokens: jax.Array, completion_mask: jax.Array) -> jax.Array:
+    """[rows, N] bool: the completion's tokens that text decoding keeps (no stop/pad/<bos>)."""
+    return completion_mask & ~jnp.isin(tokens, jnp.asarray(self.dropped_ids, jnp.int32))
+
+  def prompt(self, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+             candidates: Sequence[tuple[jax.Array, jax.Array]]) -> tuple[jax.Array, jax.Array]:
+    """Judge prompts (tokens, mask), [rows, J] each, from prompts [rows, P] and k candidates
+    given as (completion tokens, completion_mask) [rows, N_i] (a Rollout's layout)."""
+    segments = [(prompt_tokens, problem_mask(prompt_mask, *self.prompt_wrapping))]
+    segments += [(tokens, self.candidate_mask(tokens, mask)) for tokens, mask in candidates]
+    return assemble_prompt(self.pieces, segments, self.pad_id)
+
+  def probability(self, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                  candidates: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
+    """P(yes) / (P(yes) + P(no)) [rows] of the judge `params` at the end of each prompt."""
+    tokens, mask = self.prompt(prompt_tokens, prompt_mask, candidates)
+    logits = judging.judge_logits(nnx.merge(self.graphdef, params), tokens, mask)
+    return jax.lax.stop_gradient(judging.yes_no_probability(logits, self.yes_ids, self.no_ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfJudgeReward:
+  """P(True) [rows] of the judge prompt around each (problem, completion)."""
+
+  template_judge: TemplateJudge          # pieces (prefix, middle, suffix)
   judge: str = "policy"
 
   def prompt(self, rollout: Rollout) -> tuple[jax.Array, jax.Array]:
     """The judge prompts (tokens, mask), [rows, J] each, of a rollout's rows."""
-    candidate = rollout.completion_mask & ~jnp.isin(rollout.tokens,
-                                                    jnp.asarray(self.dropped_ids, jnp.int32))
-    return judge_prompt(self.pieces, rollout.prompt_tokens,
-                        problem_mask(rollout.prompt_mask, *self.prompt_wrapping),
-                        rollout.tokens, candidate, self.pad_id)
+    return self.template_judge.prompt(rollout.prompt_tokens, rollout.prompt_mask,
+                                [(rollout.tokens, rollout.completion_mask)])
 
   def __call__(self, inputs: RewardInputs) -> jax.Array:
     params = inputs.params if self.judge == "policy" else inputs.ref_params
-    tokens, mask = self.prompt(inputs.rollout)
-    logits = judging.judge_logits(nnx.merge(self.graphdef, params), tokens, mask)
-    return jax.lax.stop_gradient(judging.yes_no_probability(logits, self.yes_ids, self.no_ids))
+    rollout = inputs.rollout
+    return self.template_judge.probability(params, rollout.prompt_tokens, rollout.prompt_mask,
+                                     [(rollout.tokens, rollout.completion_mask)])
+
+
+def build_template_judge(template: judging.JudgeTemplate, fields: tuple[str, ...], what: str, *,
+                         graphdef: nnx.GraphDef, encoder: TextEncoder,
+                         stop_token_ids: Sequence[int], pad_id: int) -> TemplateJudge:
+  """A TemplateJudge of `template`, whose text holds `fields` ("problem" first) once each in
+  order; its text is encoded here, once. `what` (e.g. "rl.rewards.self_judge.template") names
+  the config field in errors."""
+  pieces = wrapped_text_pieces(encoder, template.text, fields, what)
+  head, tail = wrapped_text_pieces(encoder, "{problem}", ("problem",), "the prompt format")
+  yes_ids, no_ids = template.answer_ids(encoder)
+  bos = encoder.tokenizer.bos_id
+  dropped = tuple(dict.fromkeys([*stop_token_ids, pad_id] + ([] if bos is None else [bos])))
+  return TemplateJudge(graphdef, pieces, (len(head), len(tail)), yes_ids, no_ids, dropped, pad_id)
 
 
 def build_source(spec: RewardSpec, *, graphdef: nnx.GraphDef, encoder: TextEncoder,
@@ -247,18 +326,16 @@ def build_source(spec: RewardSpec, *, graphdef: nnx.GraphDef, encoder: TextEncod
     return LengthReward(max_new_tokens)
   if spec.source == "format":
     return FormatReward(tuple(stop_token_ids))
-  options, where = dict(spec.options), f"rl.rewards.{spec.name}"
+  options = dict(spec.options)
   template = judging.JudgeTemplate(options["template"], yes=options["yes"], no=options["no"])
-  pieces = wrapped_text_pieces(encoder, template.text, ("problem", "candidate"),
-                               f"{where}.template")
-  head, tail = wrapped_text_pieces(encoder, "{problem}", ("problem",), "the prompt format")
-  yes_ids, no_ids = template.answer_ids(encoder)
-  bos = encoder.tokenizer.bos_id
-  dropped = tuple(dict.fromkeys([*stop_token_ids, pad_id] + ([] if bos is None else [bos])))
-  return SelfJudgeReward(graphdef, pieces, (len(head), len(tail)), yes_ids, no_ids, dropped,
-                         pad_id, options["judge"])
+  return SelfJudgeReward(
+      build_template_judge(template, ("problem", "candidate"), f"rl.rewards.{spec.name}.template",
+                           graphdef=graphdef, encoder=encoder, stop_token_ids=stop_token_ids,
+                           pad_id=pad_id),
+      options["judge"])
 
 
 __all__ = ["OPTIONS", "SOURCES", "JUDGES", "RewardSpec", "RewardInputs", "parse_rewards",
-           "left_pad", "problem_mask", "judge_prompt", "wrapped_text_pieces", "VerifierReward",
-           "LengthReward", "FormatReward", "SelfJudgeReward", "build_source"]
+           "self_judge_template", "left_pad", "problem_mask", "assemble_prompt", "judge_prompt", "wrapped_text_pieces",
+           "VerifierReward", "LengthReward", "FormatReward", "TemplateJudge", "SelfJudgeReward",
+           "build_template_judge", "build_source"]
