@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,8 +17,13 @@ CONFIG = os.path.join(ROOT, "configs", "sft_arithmetic.py")
 
 def make_test_config(**overrides):
   """The `test` preset of configs/sft_arithmetic.py with dotted-name overrides."""
-  from configs.sft_arithmetic import get_config
-  config = get_config("test").unlock()
+  return preset_config("sft_arithmetic", **overrides)
+
+
+def preset_config(module, preset="test", **overrides):
+  """configs/<module>.py's preset with dotted-name overrides ({"train.num_steps": 4})."""
+  import importlib
+  config = importlib.import_module(f"configs.{module}").get_config(preset).unlock()
   for name, value in overrides.items():
     section, _, field = name.rpartition(".")
     target = config
@@ -25,6 +31,19 @@ def make_test_config(**overrides):
       target = target[part]
     target[field] = value
   return config.lock()
+
+
+def single_device_config(module, **overrides):
+  """preset_config on one device with synchronous checkpoints: in-process trainer tests."""
+  return preset_config(module, **{"mesh.num_devices": 1, "mesh.data": 1,
+                                  "train.async_checkpoints": False, **overrides})
+
+
+def copy_run_until(source, target, step):
+  """`target` as a run killed right after `source`'s step-`step` checkpoint would have left it."""
+  shutil.copytree(os.path.join(source, "checkpoints", str(step)),
+                  os.path.join(target, "checkpoints", str(step)))
+  shutil.copy(os.path.join(source, "metrics.jsonl"), target)
 
 
 def launch(workdir, *flags, env=None, wait=True, single_device=True, config=CONFIG):

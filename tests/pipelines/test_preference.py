@@ -4,8 +4,6 @@ resume (configs/preference_jsonl.py:test)."""
 
 import json
 import math
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,7 @@ from selfimprove.pipelines import preference
 from selfimprove.tasks.jsonl import JsonlTask, JsonlTaskConfig
 from selfimprove.train_state import TrainState
 from tests.pipelines.helpers import arithmetic_task, perturbed, run_pieces, tiny_model
-from tests.train_helpers import assert_trees_equal, final_state, read_metrics
+from tests.train_helpers import assert_trees_equal, copy_run_until, final_state, read_metrics, single_device_config
 
 METRIC_KEYS = {"train/loss", "train/grad_norm", "perf/tokens", "train/reward_margin",
                "train/reward_accuracy", "train/chosen_logp", "train/rejected_logp"}
@@ -227,22 +225,16 @@ def test_a_config_without_the_pairs_is_told_what_to_set(data):
 # ---- the trainer -------------------------------------------------------------------------------
 
 def _config(tmp_path, **overrides):
-  from configs.preference_jsonl import get_config
   rng = np.random.default_rng(0)
   records = []
   for _ in range(40):
     a, b = (int(x) for x in rng.integers(10, 50, size=2))
     records.append({"prompt": f"What is {a} plus {b}?", "answer": str(a + b),
                     "rejected": str(a + b + 1)})
-  config = get_config("test").unlock()
-  overrides = {"mesh.num_devices": 1, "mesh.data": 1, "train.async_checkpoints": False,
-               "eval.num_examples": 8,
-               "task.train_path": write_jsonl(tmp_path / "train.jsonl", records[:32]),
-               "task.eval_path": write_jsonl(tmp_path / "eval.jsonl", records[32:]), **overrides}
-  for name, value in overrides.items():
-    section, field = name.split(".")
-    config[section][field] = value
-  return config.lock()
+  return single_device_config("preference_jsonl", **{
+      "eval.num_examples": 8,
+      "task.train_path": write_jsonl(tmp_path / "train.jsonl", records[:32]),
+      "task.eval_path": write_jsonl(tmp_path / "eval.jsonl", records[32:]), **overrides})
 
 
 def test_trainer_runs_the_config_and_resumes_exactly(tmp_path, caplog):
@@ -261,8 +253,7 @@ def test_trainer_runs_the_config_and_resumes_exactly(tmp_path, caplog):
 
   # A run killed after its step-4 checkpoint: copy what the full run had written by then.
   resumed = str(tmp_path / "resumed")
-  shutil.copytree(os.path.join(full, "checkpoints", "4"), os.path.join(resumed, "checkpoints", "4"))
-  shutil.copy(os.path.join(full, "metrics.jsonl"), resumed)
+  copy_run_until(full, resumed, 4)
   with caplog.at_level("INFO"):
     train_lib.train(config, resumed)
   assert "Resuming from checkpoint at step 4" in caplog.text

@@ -1,8 +1,6 @@
 """The RL pipeline under the real trainer (configs/rl_arithmetic.py:test): every figure logged,
 the reference in the checkpoint, exact resume."""
 
-import os
-import shutil
 
 import jax
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 from selfimprove import train as train_lib
 from selfimprove.config_checks import validate_config
 from selfimprove.pipelines import register_pipeline, rl
-from tests.train_helpers import assert_trees_equal, final_state, read_metrics
+from tests.train_helpers import assert_trees_equal, copy_run_until, final_state, read_metrics, single_device_config
 
 register_pipeline("rl", rl.build, section="rl")   # until the registry line lands (a no-op after)
 
@@ -21,14 +19,7 @@ TRAIN_FIGURES = ("train/loss", "train/grad_norm", "train/reward", "train/reward_
 
 
 def _config(**overrides):
-  from configs.rl_arithmetic import get_config
-  config = get_config("test").unlock()
-  overrides = {"mesh.num_devices": 1, "mesh.data": 1, "train.async_checkpoints": False,
-               "eval.num_examples": 16, **overrides}
-  for name, value in overrides.items():
-    section, field = name.split(".")
-    config[section][field] = value
-  return config.lock()
+  return single_device_config("rl_arithmetic", **{"eval.num_examples": 16, **overrides})
 
 
 @pytest.mark.parametrize("preset", ["tiny", "test"])
@@ -63,8 +54,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, caplog):
 
   # A run killed after its step-4 checkpoint: its workdir holds what the full run had written.
   resumed = str(tmp_path / "resumed")
-  shutil.copytree(os.path.join(full, "checkpoints", "4"), os.path.join(resumed, "checkpoints", "4"))
-  shutil.copy(os.path.join(full, "metrics.jsonl"), resumed)
+  copy_run_until(full, resumed, 4)
   with caplog.at_level("INFO"):
     train_lib.train(config, resumed)
   assert "Resuming from checkpoint at step 4" in caplog.text

@@ -3,29 +3,22 @@ params in the checkpoint, exact resume."""
 
 import os
 import re
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from selfimprove import train as train_lib
-from tests.train_helpers import assert_trees_equal, final_state, read_metrics
+from tests.train_helpers import assert_trees_equal, copy_run_until, final_state, read_metrics, single_device_config
 
 STAGE1_STEPS = 2
 EVAL_FIGURES = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "edit_distance", "changed")
 
 
 def _config(**overrides):
-  from configs.score_arithmetic import get_config
-  config = get_config("test").unlock()
+  config = single_device_config("score_arithmetic", **{"eval.num_examples": 16, **overrides})
   assert config.score.stage1_steps == STAGE1_STEPS
-  overrides = {"mesh.num_devices": 1, "mesh.data": 1, "train.async_checkpoints": False,
-               "eval.num_examples": 16, **overrides}
-  for name, value in overrides.items():
-    section, field = name.split(".")
-    config[section][field] = value
-  return config.lock()
+  return config
 
 
 def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
@@ -48,8 +41,7 @@ def test_resume_mid_stage2_matches_an_uninterrupted_run(tmp_path, caplog):
   # A run killed after its step-4 checkpoint (inside Stage II): its workdir holds exactly
   # what the full run had written by then, so copy that instead of training it again.
   resumed = str(tmp_path / "resumed")
-  shutil.copytree(os.path.join(full, "checkpoints", "4"), os.path.join(resumed, "checkpoints", "4"))
-  shutil.copy(os.path.join(full, "metrics.jsonl"), resumed)
+  copy_run_until(full, resumed, 4)
   with caplog.at_level("INFO"):
     train_lib.train(_config(), resumed)
   assert "Resuming from checkpoint at step 4" in caplog.text

@@ -10,18 +10,11 @@ import pytest
 from selfimprove import run_setup
 from selfimprove import train as train_lib
 from selfimprove.config_checks import ConfigError
-from tests.train_helpers import assert_trees_equal, final_state, launch, read_metrics
+from tests.train_helpers import assert_trees_equal, final_state, launch, read_metrics, single_device_config
 
 
 def _config(**overrides):
-  from configs.stp_linear_equations import get_config
-  config = get_config("test").unlock()
-  overrides = {"mesh.num_devices": 1, "mesh.data": 1, "train.async_checkpoints": False,
-               **overrides}
-  for name, value in overrides.items():
-    section, field = name.split(".")
-    config[section][field] = value
-  return config.lock()
+  return single_device_config("stp_linear_equations", **{**overrides})
 
 
 def _without_timing(row):
