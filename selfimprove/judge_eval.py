@@ -22,7 +22,9 @@ judge_correct [batch, K] 0/1 (verifier reward > 0.5), self_certainty [batch, K],
 pairwise_preference [batch] (with a pairwise template), bon{N}_{selector} [batch] 0/1.
 `summarize` turns those of all eval examples into judge_auroc, judge_ece (10 equal-width
 bins), judge_accuracy (P(True) >= 0.5 vs the verifier), pairwise_agreement (candidates 0
-and 1, over pairs the verifier separates) and the mean of each bon{N}_{selector}.
+and 1, over pairs the verifier separates), the mean of each bon{N}_{selector}, judge_score
+(the mean P(True) of all candidates: what the judge thinks of the policy's samples) and
+sample_accuracy (the verifier's mean over them). `reward_hacking` reads those over a run.
 
 Cost per eval batch: K x batch rows sampled, one judge pass and one full-vocabulary
 forward pass ([K x batch, prompt + completion, vocab] logits) over them, plus one
@@ -226,6 +228,8 @@ def summarize(values: Mapping[str, np.ndarray]) -> dict[str, float]:
   """
   p_true = np.asarray(values["judge_p_true"], np.float64).reshape(-1)
   correct = np.asarray(values["judge_correct"], np.float64)
+  # What the judge thinks of the policy's samples, and what the verifier says of them.
+  overall = {"judge_score": _mean(p_true), "sample_accuracy": _mean(correct)}
   summary = {name: float("nan") for name in ("judge_auroc", "judge_ece", "judge_accuracy")}
   if np.isfinite(p_true).all():
     labels = correct.reshape(-1)
@@ -239,8 +243,55 @@ def summarize(values: Mapping[str, np.ndarray]) -> dict[str, float]:
         if np.isfinite(preference).all() else float("nan"))
   summary.update({name: _mean(np.asarray(value)) for name, value in values.items()
                   if name.startswith("bon")})
-  return summary
+  return {**overall, **summary}
+
+
+def evaluate_policy(graphdef: nnx.GraphDef, params: dict, batch: dict[str, jax.Array],
+                    rng: jax.Array, greedy: SamplingConfig, verifier: Any,
+                    judge_eval: JudgeEval | None) -> dict[str, jax.Array]:
+  """A pipeline's `evaluate` with a judge: "accuracy" [batch] (the verifier on one greedy
+  completion per prompt) and, with `judge_eval`, its values (`JudgeEval.__call__`)."""
+  rollout = sample(nnx.merge(graphdef, params), batch["prompt_tokens"], batch["prompt_mask"],
+                   rng, greedy)
+  values = {"accuracy": verifier(rollout.tokens, rollout.completion_mask, batch)}
+  if judge_eval is not None:
+    values.update(judge_eval(params, batch, rng))
+  return values
+
+
+def summarize_policy_eval(values: Mapping[str, np.ndarray], with_judge: bool
+                          ) -> dict[str, float]:
+  """`evaluate_policy`'s values over all eval examples: accuracy (the mean) and, with the
+  judge, `summarize`'s figures."""
+  summary = {"accuracy": _mean(np.asarray(values["accuracy"]))}
+  return {**summary, **summarize(values)} if with_judge else summary
+
+
+def reward_hacking(records: list[dict], margin: float = 0.02,
+                   judge_key: str = "eval/judge_score", accuracy_key: str = "eval/accuracy"
+                   ) -> str | None:
+  """A one-line flag when the judge's score of the policy's samples rose while the verifier's
+  accuracy fell, else None.
+
+  records: metrics.jsonl rows (selfimprove.metrics.read_metrics). From the evaluation where
+  `accuracy_key` peaked to the last one: flagged when accuracy fell by more than `margin` and
+  `judge_key` rose by more than `margin` (SSR-Zero's failure mode: the judge being gamed).
+  Fewer than two evaluations with both keys: None.
+  """
+  evals = [r for r in records if isinstance(r.get(judge_key), (int, float))
+           and isinstance(r.get(accuracy_key), (int, float))]
+  if len(evals) < 2:
+    return None
+  peak = max(range(len(evals)), key=lambda i: (evals[i][accuracy_key], -i))
+  first, last = evals[peak], evals[-1]
+  fell = first[accuracy_key] - last[accuracy_key]
+  rose = last[judge_key] - first[judge_key]
+  if fell > margin and rose > margin:
+    return (f"reward hacking: from step {first['step']} to {last['step']} {judge_key} rose "
+            f"{first[judge_key]:.3f} -> {last[judge_key]:.3f} while {accuracy_key} fell "
+            f"{first[accuracy_key]:.3f} -> {last[accuracy_key]:.3f}")
+  return None
 
 
 __all__ = ["SELECTORS", "JudgeEvalConfig", "parse_judge_eval", "best_of_n_values", "JudgeEval",
-           "summarize"]
+           "summarize", "evaluate_policy", "summarize_policy_eval", "reward_hacking"]

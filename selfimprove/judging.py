@@ -131,6 +131,17 @@ def _group_logsumexp(logits: jax.Array, ids: int | Sequence[int]) -> jax.Array:
   return jax.nn.logsumexp(logits[:, ids], axis=-1)
 
 
+def yes_no_logit(logits_at_answer: jax.Array, yes_ids: Sequence[int],
+                 no_ids: Sequence[int]) -> jax.Array:
+  """log P(yes) - log P(no) at the answer position: [batch, vocab] -> [batch] float32.
+
+  The logit of P(True) (its sigmoid is `yes_no_probability`), the quantity a binary
+  cross-entropy trains (pipelines/judge_training.py).
+  """
+  logits = logits_at_answer.astype(jnp.float32)
+  return _group_logsumexp(logits, yes_ids) - _group_logsumexp(logits, no_ids)
+
+
 def yes_no_probability(logits_at_answer: jax.Array, yes_ids: Sequence[int],
                        no_ids: Sequence[int]) -> jax.Array:
   """P(True) = P(yes) / (P(yes) + P(no)) at the answer position: [batch, vocab] -> [batch].
@@ -139,8 +150,7 @@ def yes_no_probability(logits_at_answer: jax.Array, yes_ids: Sequence[int],
   `no_ids`; the rest of the vocabulary is ignored (Kadavath et al.'s options
   normalised against each other). NaN where both have probability 0.
   """
-  logits = logits_at_answer.astype(jnp.float32)
-  return jax.nn.sigmoid(_group_logsumexp(logits, yes_ids) - _group_logsumexp(logits, no_ids))
+  return jax.nn.sigmoid(yes_no_logit(logits_at_answer, yes_ids, no_ids))
 
 
 def rubric_score(logits_at_answer: jax.Array, score_ids: Sequence[int | Sequence[int]],

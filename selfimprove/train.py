@@ -274,10 +274,13 @@ def finish(run: Run, result: LoopResult, workdir: str) -> dict[str, Any]:
                       nnx.state(nnx.merge(run.graphdef, result.state.params)), metadata=metadata)
     if jax.process_index() == 0:
       save_tokenizer(run.tokenizer, params_dir)
+  flags = run_flags(run.pipeline, workdir)
   if jax.process_index() == 0:
     # Plots and the summary only warn when they fail: the trained model is already saved.
     plot_path = metrics_lib.plot_metrics(workdir)
     print(metrics_lib.summarize(workdir))
+    for name, message in flags.items():
+      print(f"  FLAG {name}: {message}")
     if plot_path:
       print(f"curves: {plot_path}")
     if result.last_eval:
@@ -287,7 +290,29 @@ def finish(run: Run, result: LoopResult, workdir: str) -> dict[str, Any]:
       if eval_plot:
         print(f"eval curves: {eval_plot}")
   return {"step": result.step, **result.last_eval,
-          **({"preempted": True} if result.preempted else {})}
+          **({"preempted": True} if result.preempted else {}),
+          **({"flags": flags} if flags else {})}
+
+
+def run_flags(pipeline: Any, workdir: str) -> dict[str, str]:
+  """The pipeline's flags on the whole run (`run_flags(records)`, e.g. RL's reward hacking)
+  from metrics.jsonl, written to DIR/flags.json when there are any ({} if it has none)."""
+  flag = getattr(pipeline, "run_flags", None)
+  if flag is None:
+    return {}
+  try:
+    flags = flag(metrics_lib.read_metrics(workdir))
+  except (OSError, ValueError) as error:   # a summary, not worth a failed run
+    logging.warning("run flags: could not read %s: %s", workdir, error)
+    return {}
+  path = os.path.join(workdir, "flags.json")
+  if jax.process_index() == 0:
+    if flags:
+      with open(path, "w") as f:
+        json.dump(flags, f, indent=1)
+    elif os.path.exists(path):   # an earlier finish's flags no longer hold
+      os.remove(path)
+  return flags
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -326,7 +351,9 @@ def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> di
   """`train`, first training `config.warm_start` (a whole run config) when the config has one.
 
   The warm-start run lives in workdir/warm_start and the main run starts from
-  its exported parameters (`init_from`), e.g. SFT then SCoRe in one command.
+  its exported parameters (`init_from`), e.g. SFT then SCoRe in one command. A warm
+  start may have its own (workdir/warm_start/warm_start: SFT, then judge training, then
+  self-judged RL).
   Relaunching resumes whichever stage was interrupted; a finished warm start
   (its params exist) is not run again. An explicit `config.init_from` skips it.
   """
@@ -342,7 +369,7 @@ def train_with_warm_start(config: ml_collections.ConfigDict, workdir: str) -> di
   warm_params = os.path.join(warm_dir, "params")
   if not os.path.exists(os.path.join(warm_params, "model_config.json")):
     logging.warning("Warm start: training %s first", warm_dir)
-    warm = train(config.warm_start, warm_dir)
+    warm = train_with_warm_start(config.warm_start, warm_dir)   # it may have its own
     if warm.get("preempted"):   # checkpointed: the same command resumes the warm start
       return warm
   if any_process(preemption.requested()):   # SIGTERM as the warm start ended: main stage later

@@ -184,7 +184,7 @@ def test_summary_matches_judge_metrics_by_hand(run):
   values = run["values"]
   summary = run["pipeline"].summarize_eval(values)
   assert set(summary) == {"accuracy", "judge_auroc", "judge_ece", "judge_accuracy",
-                          "pairwise_agreement", *BON_NAMES}
+                          "pairwise_agreement", "judge_score", "sample_accuracy", *BON_NAMES}
   p_true, correct = values["judge_p_true"].reshape(-1), values["judge_correct"].reshape(-1)
   expected = {
       "accuracy": np.mean(values["accuracy"]),
@@ -194,6 +194,7 @@ def test_summary_matches_judge_metrics_by_hand(run):
       "pairwise_agreement": judge_metrics.pairwise_agreement(
           values["pairwise_preference"], values["judge_correct"][:, 0],
           values["judge_correct"][:, 1]),
+      "judge_score": np.mean(p_true), "sample_accuracy": np.mean(correct),
       **{name: np.mean(values[name]) for name in BON_NAMES}}
   for name, value in expected.items():
     assert np.isfinite(value), name
@@ -243,7 +244,8 @@ def test_the_trainer_logs_every_judge_figure_at_eval_steps(tmp_path):
   workdir = str(tmp_path / "rl")
   result = train_lib.train(config.lock(), workdir)
   keys = {f"eval/{name}" for name in ("accuracy", "judge_auroc", "judge_ece", "judge_accuracy",
-                                      "pairwise_agreement", *BON_NAMES)}
+                                      "pairwise_agreement", "judge_score", "sample_accuracy",
+                                      *BON_NAMES)}
   eval_rows = [row for row in read_metrics(workdir) if "eval/accuracy" in row]
   assert [row["step"] for row in eval_rows] == [0, 2]          # eval_at_start, then the last step
   for row in eval_rows:
@@ -252,3 +254,24 @@ def test_the_trainer_logs_every_judge_figure_at_eval_steps(tmp_path):
       assert row[name] is not None and 0 <= row[name] <= 1, (row["step"], name)
     assert row["eval/bon16_oracle"] >= row["eval/bon16_borda"]
   assert keys <= set(result)
+
+
+def _evals(*pairs):
+  """metrics.jsonl rows with (eval/accuracy, eval/judge_score) at steps 0, 100, ..."""
+  return [{"step": 100 * i, "eval/accuracy": a, "eval/judge_score": j}
+          for i, (a, j) in enumerate(pairs)]
+
+
+def test_reward_hacking_is_flagged_when_the_judge_rises_as_accuracy_falls():
+  from selfimprove.judge_eval import reward_hacking
+  # Accuracy peaks at step 100 then falls 0.10 while the judge's score rises 0.20: flagged.
+  flag = reward_hacking(_evals((0.5, 0.5), (0.7, 0.6), (0.6, 0.8)) + [{"step": 250,
+                                                                        "train/loss": 1.0}])
+  assert flag is not None and "from step 100 to 200" in flag and "0.700 -> 0.600" in flag
+  # Both rise (honest improvement), both fall, or changes within the margin: not flagged.
+  assert reward_hacking(_evals((0.5, 0.5), (0.7, 0.6), (0.8, 0.9))) is None
+  assert reward_hacking(_evals((0.7, 0.8), (0.6, 0.7))) is None
+  assert reward_hacking(_evals((0.7, 0.6), (0.69, 0.9))) is None          # fell by 0.01 only
+  assert reward_hacking(_evals((0.7, 0.6), (0.5, 0.61))) is None          # rose by 0.01 only
+  assert reward_hacking(_evals((0.7, 0.6))) is None                       # one evaluation
+  assert reward_hacking(_evals((0.7, 0.6), (0.5, 0.7)), margin=0.25) is None

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from selfimprove.pipelines import preference, rl, score, score_baselines, sft, stp
+from selfimprove.pipelines import (judge_training, preference, rl, score, score_baselines, sft,
+                                   stp)
 from selfimprove.pipelines.base import Pipeline, RunPieces
 
 
@@ -78,6 +79,9 @@ register_row_transform("correction_demos", score.demo_rows)
 register_pipeline("stp", stp.build, section="stp")
 # "rl": GRPO / RLOO / Dr. GRPO with verifier, self-judge, length and format rewards.
 register_pipeline("rl", rl.build, section="rl")
+# "judge_training": the P(True) judge fitted to verifier labels of the model's own samples,
+# mixed with the task loss (Self-J / P(IK) style).
+register_pipeline("judge_training", judge_training.build, section="judge_training")
 # "preference": offline DPO / IPO / SPIN / SPPO on the data's (chosen, rejected) pairs.
 register_pipeline("preference", preference.build, section="preference")
 register_row_transform("preference_pairs", preference.pair_rows, eval_rows=True)

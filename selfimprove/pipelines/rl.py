@@ -31,15 +31,18 @@ not kept at all unless a self-judge reads it (judge="reference").
 Metrics: train/loss, train/grad_norm, train/clip_fraction and train/kl (mean per-token KL
 over completion tokens; logged only with kl_coef > 0) are means over the step's updates;
 train/reward (the weighted sum), train/reward/<name> (each source, unweighted),
-train/reward_std (mean over prompts of the group's reward std) and train/length (completion
-tokens) describe the samples; perf/tokens counts the re-scored real tokens of every update.
+train/reward_std (mean over prompts of the group's reward std), train/length (completion
+tokens) and train/verified_accuracy (the verifier's verdict, measured even when it is no
+reward: self-judged RL) describe the samples; perf/tokens counts the re-scored real tokens of every update.
 
 Evaluation: eval/accuracy, the verifier on greedy completions; and, unless
 config.rl.judge_eval is off, the self-judge measured against the verifier on the same prompts
 (selfimprove/judge_eval.py; the current policy judges): eval/judge_auroc, eval/judge_ece,
 eval/judge_accuracy, eval/pairwise_agreement (with a pairwise template) and
 eval/bon{N}_{selector} for N in best_of and the selectors self_certainty, borda, p_true,
-majority, random, oracle.
+majority, random, oracle, with eval/judge_score (mean P(True) of the sampled candidates) and
+eval/sample_accuracy. With a self-judge reward, the run summary flags reward hacking (the
+judge's score rising while verified accuracy falls; `run_flags`).
 """
 
 from __future__ import annotations
@@ -53,12 +56,12 @@ import optax
 from flax import nnx
 
 from selfimprove import judging, multiturn
-from selfimprove.judge_eval import JudgeEval, JudgeEvalConfig, parse_judge_eval
-from selfimprove.judge_eval import summarize as summarize_judge_eval
+from selfimprove.judge_eval import (JudgeEval, JudgeEvalConfig, evaluate_policy, parse_judge_eval,
+                                    reward_hacking, summarize_policy_eval)
 from selfimprove.objectives import (KL_ESTIMATORS, POLICY_LOSS_AGGREGATIONS, aggregate_token_losses,
                                     clipped_policy_loss, dr_grpo_advantages, grpo_advantages,
                                     masked_mean, rloo_advantages, turn_kl)
-from selfimprove.pipelines.base import RunPieces, mean_summary
+from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.rl_rewards import (RewardInputs, RewardSpec, build_source,
                                               build_template_judge, parse_rewards,
                                               self_judge_template)
@@ -198,6 +201,15 @@ class RL:
     values = {spec.name: source(inputs) for spec, source in self.sources}
     return sum(spec.weight * values[spec.name] for spec, _ in self.sources), values
 
+  def verified_accuracy(self, rollout, rows: dict, per_source: dict) -> jax.Array:
+    """[rows] 0/1: the verifier's verdict on each sample, whether or not it is a reward (a
+    verifier source's values are reused; otherwise the verifier runs to measure only)."""
+    for spec, _ in self.sources:
+      if spec.source == "verifier":
+        return (per_source[spec.name] > 0.5).astype(jnp.float32)
+    scores = self.verifier(rollout.tokens, rollout.completion_mask, rows)
+    return (jax.lax.stop_gradient(scores) > 0.5).astype(jnp.float32)
+
   def log_distributions(self, params: dict, rollout) -> jax.Array:
     """[rows, N, vocab] next-token log-distributions at the completion's positions."""
     return multiturn.completion_log_distributions(
@@ -212,6 +224,7 @@ class RL:
                      batch["prompt_mask"], rng, self.sampling_config(train=True))
     rows = jax.tree.map(lambda x: jnp.repeat(x, cfg.group_size, axis=0), batch)
     reward, per_source = self.rewards(RewardInputs(rollout, rows, state.params, ref_params))
+    verified = self.verified_accuracy(rollout, rows, per_source)
     advantages = group_advantages(reward, cfg)
     tokens, mask = rollout.tokens, rollout.completion_mask
     # Static choices: the reference pass only with a KL term; the sampler's log-probs as the
@@ -253,6 +266,7 @@ class RL:
         "train/reward": jnp.mean(reward), "train/reward_std": jnp.mean(group_std),
         "train/clip_fraction": clip_fraction, "train/length": jnp.mean(lengths),
         **{f"train/reward/{name}": jnp.mean(value) for name, value in per_source.items()},
+        "train/verified_accuracy": jnp.mean(verified),
     }
     if ref is not None:
       metrics["train/kl"] = kl
@@ -262,19 +276,20 @@ class RL:
                ) -> dict[str, jax.Array]:
     """Per-example [batch] accuracy: the run's verifier on greedy completions; with judge_eval
     also its values ([batch] or [batch, num_candidates]; selfimprove/judge_eval.py)."""
-    rollout = sample(nnx.merge(self.graphdef, params), batch["prompt_tokens"],
-                     batch["prompt_mask"], rng, self.sampling_config(train=False))
-    values = {"accuracy": self.verifier(rollout.tokens, rollout.completion_mask, batch)}
-    if self.judge_eval is not None:
-      values.update(self.judge_eval(params, batch, rng))
-    return values
+    return evaluate_policy(self.graphdef, params, batch, rng, self.sampling_config(train=False),
+                           self.verifier, self.judge_eval)
 
   def summarize_eval(self, values: dict) -> dict[str, float]:
     """eval/accuracy (the mean), and with judge_eval its figures (judge_eval.summarize)."""
-    summary = mean_summary({"accuracy": values["accuracy"]})
-    if self.judge_eval is not None:
-      summary.update(summarize_judge_eval(values))
-    return summary
+    return summarize_policy_eval(values, self.judge_eval is not None)
+
+  def run_flags(self, records: list[dict]) -> dict[str, str]:
+    """Flags for the run summary from metrics.jsonl's rows: "reward_hacking" when a self-judge
+    is rewarded and its score of the policy's samples rose while verified accuracy fell
+    (judge_eval.reward_hacking)."""
+    judged = any(spec.source == "self_judge" for spec, _ in self.sources)
+    flag = reward_hacking(records) if judged and self.judge_eval is not None else None
+    return {"reward_hacking": flag} if flag else {}
 
 
 def build_judge_eval(config: JudgeEvalConfig, pieces: RunPieces, max_new_tokens: int

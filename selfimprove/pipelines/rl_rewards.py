@@ -275,12 +275,20 @@ class TemplateJudge:
     segments += [(tokens, self.candidate_mask(tokens, mask)) for tokens, mask in candidates]
     return assemble_prompt(self.pieces, segments, self.pad_id)
 
-  def probability(self, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                  candidates: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
-    """P(yes) / (P(yes) + P(no)) [rows] of the judge `params` at the end of each prompt."""
+  def logit(self, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+            candidates: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
+    """log P(yes) - log P(no) [rows] of the judge `params` at the end of each prompt
+    (differentiable in params: what judge training fits)."""
     tokens, mask = self.prompt(prompt_tokens, prompt_mask, candidates)
     logits = judging.judge_logits(nnx.merge(self.graphdef, params), tokens, mask)
-    return jax.lax.stop_gradient(judging.yes_no_probability(logits, self.yes_ids, self.no_ids))
+    return judging.yes_no_logit(logits, self.yes_ids, self.no_ids)
+
+  def probability(self, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                  candidates: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
+    """P(yes) / (P(yes) + P(no)) [rows] of the judge `params` at the end of each prompt
+    (no gradient: a reward or a measurement)."""
+    logit = self.logit(params, prompt_tokens, prompt_mask, candidates)
+    return jax.nn.sigmoid(jax.lax.stop_gradient(logit))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ WEIGHTS = dict(verifier=1.0, format=0.5, length=-0.25, self_judge=0.3)
 ALL_SOURCES = {name: dict(weight=weight, **(JUDGE if name == "self_judge" else {}))
                for name, weight in WEIGHTS.items()}
 METRIC_KEYS = ("train/loss", "train/grad_norm", "perf/tokens", "train/reward", "train/reward_std",
-               "train/kl", "train/clip_fraction", "train/length",
+               "train/kl", "train/clip_fraction", "train/length", "train/verified_accuracy",
                *(f"train/reward/{name}" for name in WEIGHTS))
 
 
@@ -211,6 +211,23 @@ def test_self_judge_is_p_true_of_the_judge_prompt_rendered_as_text(run, judge):
     logits, _ = model(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool))
     expected = judging.yes_no_probability(logits[:, -1], yes_ids, no_ids)[0]
     assert values["self_judge"][row] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_verifier_measures_the_samples_when_it_is_no_reward(run):
+  """Self-judge as the only reward: train/verified_accuracy is still the verifier's verdict."""
+  task, state, batch, key = run["task"], run["states"][0], run["batch"], run["keys"][0]
+  judged = make_pipeline(task, {"self_judge": dict(JUDGE, weight=1.0)})
+  assert [spec.source for spec, _ in judged.sources] == ["self_judge"]
+  _, metrics = jax.jit(judged.step)(make_state(judged, state.params), batch, key)
+  rollout, _, _ = _replay(judged, state.params, None, batch, key)
+  verdicts = [float(real_tokens(t, m)[0] % 2 == 0)
+              for t, m in zip(rollout.tokens, rollout.completion_mask)]
+  assert 0 < np.mean(verdicts) < 1
+  assert float(metrics["train/verified_accuracy"]) == pytest.approx(np.mean(verdicts))
+  assert "train/reward/verifier" not in metrics
+  # With the verifier as a reward the figure is its reward's mean.
+  assert run["metrics"][0]["train/verified_accuracy"] == pytest.approx(
+      run["metrics"][0]["train/reward/verifier"])
 
 
 @pytest.mark.parametrize("estimator", ["k3", "exact", "k1"])
