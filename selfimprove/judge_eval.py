@@ -23,8 +23,9 @@ pairwise_preference [batch] (with a pairwise template), bon{N}_{selector} [batch
 `summarize` turns those of all eval examples into judge_auroc, judge_ece (10 equal-width
 bins), judge_accuracy (P(True) >= 0.5 vs the verifier), pairwise_agreement (candidates 0
 and 1, over pairs the verifier separates), the mean of each bon{N}_{selector}, judge_score
-(the mean P(True) of all candidates: what the judge thinks of the policy's samples) and
-sample_accuracy (the verifier's mean over them). `reward_hacking` reads those over a run.
+(the mean P(True) of all candidates: what the judge thinks of the policy's samples),
+self_certainty (their mean self-certainty) and sample_accuracy (the verifier's mean over
+them). `reward_hacking` reads those over a run.
 
 Cost per eval batch: K x batch rows sampled, one judge pass and one full-vocabulary
 forward pass ([K x batch, prompt + completion, vocab] logits) over them, plus one
@@ -229,7 +230,8 @@ def summarize(values: Mapping[str, np.ndarray]) -> dict[str, float]:
   p_true = np.asarray(values["judge_p_true"], np.float64).reshape(-1)
   correct = np.asarray(values["judge_correct"], np.float64)
   # What the judge thinks of the policy's samples, and what the verifier says of them.
-  overall = {"judge_score": _mean(p_true), "sample_accuracy": _mean(correct)}
+  overall = {"judge_score": _mean(p_true), "sample_accuracy": _mean(correct),
+             "self_certainty": _mean(np.asarray(values["self_certainty"], np.float64))}
   summary = {name: float("nan") for name in ("judge_auroc", "judge_ece", "judge_accuracy")}
   if np.isfinite(p_true).all():
     labels = correct.reshape(-1)
@@ -275,7 +277,8 @@ def reward_hacking(records: list[dict], margin: float = 0.02,
 
   records: metrics.jsonl rows (selfimprove.metrics.read_metrics). From the evaluation where
   `accuracy_key` peaked to the last one: flagged when accuracy fell by more than `margin` and
-  `judge_key` rose by more than `margin` (SSR-Zero's failure mode: the judge being gamed).
+  `judge_key` rose by more than `margin`, in its own units (SSR-Zero's failure mode: the judge
+  being gamed).
   Fewer than two evaluations with both keys: None.
   """
   evals = [r for r in records if isinstance(r.get(judge_key), (int, float))

@@ -184,7 +184,8 @@ def test_summary_matches_judge_metrics_by_hand(run):
   values = run["values"]
   summary = run["pipeline"].summarize_eval(values)
   assert set(summary) == {"accuracy", "judge_auroc", "judge_ece", "judge_accuracy",
-                          "pairwise_agreement", "judge_score", "sample_accuracy", *BON_NAMES}
+                          "pairwise_agreement", "judge_score", "sample_accuracy", "self_certainty",
+                          *BON_NAMES}
   p_true, correct = values["judge_p_true"].reshape(-1), values["judge_correct"].reshape(-1)
   expected = {
       "accuracy": np.mean(values["accuracy"]),
@@ -195,6 +196,7 @@ def test_summary_matches_judge_metrics_by_hand(run):
           values["pairwise_preference"], values["judge_correct"][:, 0],
           values["judge_correct"][:, 1]),
       "judge_score": np.mean(p_true), "sample_accuracy": np.mean(correct),
+      "self_certainty": np.mean(values["self_certainty"]),
       **{name: np.mean(values[name]) for name in BON_NAMES}}
   for name, value in expected.items():
     assert np.isfinite(value), name
@@ -245,13 +247,16 @@ def test_the_trainer_logs_every_judge_figure_at_eval_steps(tmp_path):
   result = train_lib.train(config.lock(), workdir)
   keys = {f"eval/{name}" for name in ("accuracy", "judge_auroc", "judge_ece", "judge_accuracy",
                                       "pairwise_agreement", "judge_score", "sample_accuracy",
+                                      "self_certainty",
                                       *BON_NAMES)}
   eval_rows = [row for row in read_metrics(workdir) if "eval/accuracy" in row]
   assert [row["step"] for row in eval_rows] == [0, 2]          # eval_at_start, then the last step
   for row in eval_rows:
     assert keys <= set(row), sorted(keys - set(row))
-    for name in keys - {"eval/judge_auroc", "eval/pairwise_agreement"}:  # NaN (null) if one class
+    for name in keys - {"eval/judge_auroc", "eval/pairwise_agreement", "eval/self_certainty"}:
+      # (AUROC and agreement are NaN (null) with one class; self-certainty is in nats)
       assert row[name] is not None and 0 <= row[name] <= 1, (row["step"], name)
+    assert row["eval/self_certainty"] >= 0
     assert row["eval/bon16_oracle"] >= row["eval/bon16_borda"]
   assert keys <= set(result)
 

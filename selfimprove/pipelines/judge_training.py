@@ -60,6 +60,10 @@ class JudgeTrainingConfig:
     max_new_tokens: completion budget (0: the answer length).
     judge_weight: weight of the judge's binary cross-entropy.
     task_weight: weight of the next-token loss on the reference answers (0: judge only).
+    balance_labels: weigh the step's right and wrong samples equally in the judge loss (the
+      mean of each class's mean; the plain mean when a class is absent), so that a judge facing
+      mostly right samples cannot settle on the base rate. P(True) is then calibrated to a
+      balanced prior, not the policy's accuracy.
     judge_eval: evaluation's judge measurement (judge_eval.JudgeEvalConfig fields; its
       template/yes/no default to the above).
   """
@@ -72,6 +76,7 @@ class JudgeTrainingConfig:
   max_new_tokens: int = 0
   judge_weight: float = 1.0
   task_weight: float = 1.0
+  balance_labels: bool = False
   judge_eval: Any = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -91,6 +96,19 @@ class JudgeTrainingConfig:
     for field, ok, message in checks:
       if not ok:
         raise ValueError(f"judge_training.{field}={getattr(self, field)!r}: {message}.")
+
+
+def judge_bce(logits: jax.Array, labels: jax.Array, balance: bool) -> jax.Array:
+  """Binary cross-entropy of sigmoid(logits) against 0/1 labels, [rows] -> scalar: the mean,
+  or with `balance` the mean of the two classes' means (the plain mean if one is absent)."""
+  losses = optax.sigmoid_binary_cross_entropy(logits, labels)
+  if not balance:
+    return jnp.mean(losses)
+  positives = jnp.sum(labels)
+  negatives = labels.shape[0] - positives
+  per_class = 0.5 * (jnp.sum(losses * labels) / jnp.maximum(positives, 1) +
+                     jnp.sum(losses * (1 - labels)) / jnp.maximum(negatives, 1))
+  return jnp.where((positives > 0) & (negatives > 0), per_class, jnp.mean(losses))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +152,7 @@ class JudgeTraining:
       task_loss = next_token_loss(logits, tokens, loss_mask)
       exact = teacher_forced_exact_match(jax.lax.stop_gradient(logits), tokens, loss_mask)
       z = self.judge.logit(params, rollout.prompt_tokens, rollout.prompt_mask, candidates)
-      judge_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(z, labels))
+      judge_loss = judge_bce(z, labels, cfg.balance_labels)
       judge_right = jnp.mean(((z > 0) == (labels > 0.5)).astype(jnp.float32))
       loss = cfg.task_weight * task_loss + cfg.judge_weight * judge_loss
       return loss, (task_loss, judge_loss, judge_right, jnp.mean(exact))
@@ -183,4 +201,4 @@ def build(pieces: RunPieces, settings: dict) -> JudgeTraining:
                                          if judge_eval is not None else ()))
 
 
-__all__ = ["JudgeTraining", "JudgeTrainingConfig", "build"]
+__all__ = ["JudgeTraining", "JudgeTrainingConfig", "judge_bce", "build"]

@@ -4,7 +4,8 @@ One compiled step (config.pipeline = "rl", settings config.rl = `RLConfig`):
 
   1. sample G completions per prompt (`sampling.sample`, num_samples_per_prompt = G);
   2. reward r = sum_k w_k r_k over the configured sources (pipelines/rl_rewards.py: the
-     run's verifier, a self-judge's P(True), length, format), each logged as
+     run's verifier, a self-judge's P(True), self-certainty, the group's majority answer,
+     length, format), each logged as
      train/reward/<name>;
   3. advantages per group: "grpo" (r - mean) / (std + eps) (Shao et al. 2024, arXiv
      2402.03300; normalize_std=False drops the std), "rloo" (r - mean of the others; Ahmadian
@@ -69,6 +70,8 @@ from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState
 
 ADVANTAGES = ("grpo", "rloo", "dr_grpo")
+# A self-judging reward source -> the eval figure of its score of the policy's samples.
+JUDGE_SCORES = {"self_judge": "eval/judge_score", "self_certainty": "eval/self_certainty"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,12 +287,16 @@ class RL:
     return summarize_policy_eval(values, self.judge_eval is not None)
 
   def run_flags(self, records: list[dict]) -> dict[str, str]:
-    """Flags for the run summary from metrics.jsonl's rows: "reward_hacking" when a self-judge
-    is rewarded and its score of the policy's samples rose while verified accuracy fell
-    (judge_eval.reward_hacking)."""
-    judged = any(spec.source == "self_judge" for spec, _ in self.sources)
-    flag = reward_hacking(records) if judged and self.judge_eval is not None else None
-    return {"reward_hacking": flag} if flag else {}
+    """Flags for the run summary from metrics.jsonl's rows: "reward_hacking" when a self-judging
+    source is rewarded and its score of the policy's samples (JUDGE_SCORES) rose while verified
+    accuracy fell (judge_eval.reward_hacking)."""
+    if self.judge_eval is None:
+      return {}
+    rewarded = {spec.source for spec, _ in self.sources}
+    flags = [reward_hacking(records, judge_key=key) for source, key in JUDGE_SCORES.items()
+             if source in rewarded]
+    flags = [flag for flag in flags if flag]
+    return {"reward_hacking": "; ".join(flags)} if flags else {}
 
 
 def build_judge_eval(config: JudgeEvalConfig, pieces: RunPieces, max_new_tokens: int
@@ -319,7 +326,8 @@ def build(pieces: RunPieces, settings: dict) -> RL:
   sources = tuple(
       (spec, build_source(spec, graphdef=pieces.graphdef, encoder=pieces.encoder,
                           verifier=pieces.verifier, max_new_tokens=max_new_tokens,
-                          stop_token_ids=pieces.stop_token_ids, pad_id=pieces.pad_id))
+                          stop_token_ids=pieces.stop_token_ids, pad_id=pieces.pad_id,
+                          group_size=config.group_size))
       for spec in config.rewards)
   judge_eval = (build_judge_eval(config.judge_eval, pieces, max_new_tokens)
                 if config.judge_eval.enabled else None)

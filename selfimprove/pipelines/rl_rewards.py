@@ -12,6 +12,13 @@ The step's reward is sum_k weight_k * reward_k. Sources:
                 current policy (judge="policy", SSR-Zero's self-reward) or the frozen
                 reference (judge="reference"); options template (text with {problem} then
                 {candidate}), yes, no.
+  "self_certainty"  the mean KL(U || p) over the completion's tokens (Kang et al. 2025; as a
+                reward, Intuitor / RLIF: Zhao et al. 2025, arXiv 2505.19590) under the current
+                policy or the frozen reference (option judge): the model's confidence in its
+                own sample, no template.
+  "majority"    1.0 where the sample's answer is its group's most frequent one (self-consistency
+                as a reward, TTRL: Zuo et al. 2025, arXiv 2504.16084): the model's consensus,
+                no judge prompt and no verifier; answers as judge_eval reads them.
   "length"      completion length / max_new_tokens in [0, 1]: a penalty with a negative
                 weight, a bonus with a positive one.
   "format"      1.0 where the completion ended with a stop token (did not run out of budget).
@@ -46,6 +53,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "verifier": {},
     "self_judge": {"template": judging.P_TRUE_TEMPLATE.text, "yes": judging.P_TRUE_TEMPLATE.yes,
                    "no": judging.P_TRUE_TEMPLATE.no, "judge": "policy"},
+    "self_certainty": {"judge": "policy"},
+    "majority": {},
     "length": {},
     "format": {},
 }
@@ -310,6 +319,44 @@ class SelfJudgeReward:
                                      [(rollout.tokens, rollout.completion_mask)])
 
 
+@dataclasses.dataclass(frozen=True)
+class SelfCertaintyReward:
+  """Self-certainty [rows] of each completion under the judge's parameters (one forward pass
+  over prompt + completion, full vocabulary)."""
+
+  graphdef: nnx.GraphDef
+  judge: str = "policy"
+
+  def __call__(self, inputs: RewardInputs) -> jax.Array:
+    params = inputs.params if self.judge == "policy" else inputs.ref_params
+    rollout = inputs.rollout
+    logits = judging.completion_logits(nnx.merge(self.graphdef, params), rollout.prompt_tokens,
+                                       rollout.prompt_mask, rollout.tokens,
+                                       rollout.completion_mask)
+    return jax.lax.stop_gradient(judging.self_certainty(logits, rollout.completion_mask))
+
+
+@dataclasses.dataclass(frozen=True)
+class MajorityReward:
+  """1.0 [rows] where a sample's answer (its tokens less stop/pad/<bos> ids) equals the most
+  frequent answer of its group (`judging.borda_vote` with power 0: ties go to the answer of the
+  lowest-index sample); 0.0 for an empty answer."""
+
+  group_size: int
+  dropped_ids: tuple[int, ...]
+
+  def __call__(self, inputs: RewardInputs) -> jax.Array:
+    tokens, mask = inputs.rollout.tokens, inputs.rollout.completion_mask
+    mask = mask & ~jnp.isin(tokens, jnp.asarray(self.dropped_ids, jnp.int32))
+    grouped = lambda x: x.reshape((-1, self.group_size) + x.shape[1:])
+    answers = grouped(jnp.where(mask, tokens, -1))                          # [P, G, N]
+    valid = grouped(jnp.any(mask, axis=1))                                  # [P, G]
+    pick = judging.borda_vote(jnp.zeros(valid.shape), answers, valid, power=0.0)
+    chosen = jnp.take_along_axis(answers, pick[:, None, None], axis=1)      # [P, 1, N]
+    agrees = jnp.all(answers == chosen, axis=-1) & valid
+    return agrees.reshape(-1).astype(jnp.float32)
+
+
 def build_template_judge(template: judging.JudgeTemplate, fields: tuple[str, ...], what: str, *,
                          graphdef: nnx.GraphDef, encoder: TextEncoder,
                          stop_token_ids: Sequence[int], pad_id: int) -> TemplateJudge:
@@ -326,7 +373,7 @@ def build_template_judge(template: judging.JudgeTemplate, fields: tuple[str, ...
 
 def build_source(spec: RewardSpec, *, graphdef: nnx.GraphDef, encoder: TextEncoder,
                  verifier: Any, max_new_tokens: int, stop_token_ids: tuple[int, ...],
-                 pad_id: int):
+                 pad_id: int, group_size: int):
   """The callable of one checked spec (template text is encoded here, once)."""
   if spec.source == "verifier":
     return VerifierReward(verifier)
@@ -335,6 +382,12 @@ def build_source(spec: RewardSpec, *, graphdef: nnx.GraphDef, encoder: TextEncod
   if spec.source == "format":
     return FormatReward(tuple(stop_token_ids))
   options = dict(spec.options)
+  if spec.source == "self_certainty":
+    return SelfCertaintyReward(graphdef, options["judge"])
+  if spec.source == "majority":
+    bos = encoder.tokenizer.bos_id
+    dropped = [*stop_token_ids, pad_id] + ([] if bos is None else [bos])
+    return MajorityReward(group_size, tuple(dict.fromkeys(dropped)))
   template = judging.JudgeTemplate(options["template"], yes=options["yes"], no=options["no"])
   return SelfJudgeReward(
       build_template_judge(template, ("problem", "candidate"), f"rl.rewards.{spec.name}.template",
@@ -346,4 +399,5 @@ def build_source(spec: RewardSpec, *, graphdef: nnx.GraphDef, encoder: TextEncod
 __all__ = ["OPTIONS", "SOURCES", "JUDGES", "RewardSpec", "RewardInputs", "parse_rewards",
            "self_judge_template", "left_pad", "problem_mask", "assemble_prompt", "judge_prompt", "wrapped_text_pieces",
            "VerifierReward", "LengthReward", "FormatReward", "TemplateJudge", "SelfJudgeReward",
+           "SelfCertaintyReward", "MajorityReward",
            "build_template_judge", "build_source"]

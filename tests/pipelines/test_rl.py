@@ -299,3 +299,52 @@ def test_config_errors_name_the_field():
     make_pipeline(task, {"self_judge": bad_order})
   with pytest.raises(ValueError, match="rl.rewards.self_judge.template=.* cannot be encoded"):
     make_pipeline(task, {"self_judge": dict(JUDGE, template="Q: {problem} A: {candidate}")})
+
+
+@pytest.mark.parametrize("judge", ["policy", "reference"])
+def test_self_certainty_reward_is_the_mean_kl_from_uniform_of_the_judges_distributions(run, judge):
+  task, state = run["task"], run["states"][0]
+  pipeline = make_pipeline(task, {"self_certainty": {"weight": 1.0, "judge": judge}})
+  assert pipeline.config.keeps_reference == (judge == "reference")
+  rollout, _, values = _replay(pipeline, state.params, state.extra["ref_params"], run["batch"],
+                               run["keys"][0])
+  judge_params = state.params if judge == "policy" else state.extra["ref_params"]
+  model = nnx.merge(pipeline.graphdef, judge_params)
+  for row in range(len(values["self_certainty"])):
+    prompt = real_tokens(rollout.prompt_tokens[row], rollout.prompt_mask[row])
+    completion = real_tokens(rollout.tokens[row], rollout.completion_mask[row])
+    ids = prompt + completion
+    logits, _ = model(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool))
+    logp = np.asarray(jax.nn.log_softmax(logits[0, len(prompt) - 1:len(ids) - 1]), np.float64)
+    vocab = logp.shape[-1]
+    # KL(U || p) = sum_j (1/V) (log(1/V) - log p_j), averaged over the completion's tokens.
+    expected = np.mean(np.sum((-np.log(vocab) - logp) / vocab, axis=-1))
+    assert values["self_certainty"][row] == pytest.approx(expected, rel=1e-4)
+
+
+def test_run_flags_name_the_rewarded_judges_score():
+  task = arithmetic_task()
+  rows = [{"step": 0, "eval/accuracy": 0.8, "eval/judge_score": 0.5, "eval/self_certainty": 1.0},
+          {"step": 100, "eval/accuracy": 0.5, "eval/judge_score": 0.5, "eval/self_certainty": 2.0}]
+  judge_eval = dict(JUDGE, num_candidates=2, best_of=(1,))
+  by_certainty = make_pipeline(task, {"self_certainty": {"weight": 1.0}}, judge_eval=judge_eval)
+  assert "eval/self_certainty rose" in by_certainty.run_flags(rows)["reward_hacking"]
+  by_p_true = make_pipeline(task, {"self_judge": dict(JUDGE, weight=1.0)},
+                            judge_eval=judge_eval)
+  assert by_p_true.run_flags(rows) == {}            # its judge's score did not rise
+  by_verifier = make_pipeline(task, {"verifier": {"weight": 1.0}}, judge_eval=judge_eval)
+  assert by_verifier.run_flags(rows) == {}          # no judge is rewarded
+
+
+def test_majority_reward_by_hand():
+  """Groups of 4 answers as token rows (eos = 2, pad = 0): the most frequent answer gets 1."""
+  reward = rl_rewards.MajorityReward(group_size=4, dropped_ids=(2, 0))
+  rows = [[5, 6, 2, 0], [5, 6, 2, 0], [7, 2, 0, 0], [5, 6, 2, 0],     # 56 x3, 7 x1
+          [7, 2, 0, 0], [8, 2, 0, 0], [8, 0, 0, 0], [7, 0, 0, 0],     # tie 7/8: the first (7)
+          [2, 0, 0, 0], [2, 0, 0, 0], [9, 2, 0, 0], [2, 0, 0, 0]]     # empty answers never vote
+  tokens = jnp.asarray(rows, jnp.int32)
+  mask = jnp.asarray([[t != 0 or j == 0 for j, t in enumerate(row)] for row in rows])
+  inputs = rl_rewards.RewardInputs(
+      rollout=type("R", (), {"tokens": tokens, "completion_mask": mask})(), rows={},
+      params=None, ref_params=None)
+  np.testing.assert_array_equal(reward(inputs), [1, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0])
