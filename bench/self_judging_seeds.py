@@ -6,10 +6,12 @@ prints the tables and draws the curves (docs/results/self_judging.md).
 For each seed s (config.seed of every stage):
   DIR/seed{s}/self_judged   the one command of configs/self_judged_rl_arithmetic.py: SFT in
                             .../warm_start/warm_start, judge training in .../warm_start, then
-                            GRPO with the self-judge as the only reward;
-  DIR/seed{s}/verifier_rl   GRPO from the same judge-trained parameters with the verifier as the
-                            only reward: the same steps, prompts and samples per step;
-and "no training" is step 0 of either (their start). Every run is `launch/train.py` with the
+                            GRPO with the trained P(True) self-judge as the only reward;
+  DIR/seed{s}/<arm>         GRPO from the same judge-trained parameters with another single
+                            reward (ARMS: the pairwise self-judge, self-certainty, the group's
+                            majority answer, and the verifier: the upper reference), the same
+                            steps, prompts and samples per step;
+and "no training" is step 0 of any of them (their common start). Every run is `launch/train.py` with the
 flags printed before it starts; finished runs are skipped, an interrupted one resumes.
 
 Tables (DIR/table.md, DIR/table.json): judge training before/after (held-out greedy accuracy,
@@ -35,7 +37,17 @@ sys.path.insert(0, ROOT)
 
 from bench import runs  # noqa: E402
 
-ARMS = ("self_judged", "verifier_rl")
+# arm -> the reward flags of its run (the self_judged run is the config as it is).
+ARMS = {
+    "self_judged": (),
+    "pairwise": ("--config.rl.rewards.self_judge.weight=0",
+                 "--config.rl.rewards.pairwise.weight=1"),
+    "self_certainty": ("--config.rl.rewards.self_judge.weight=0",
+                       "--config.rl.rewards.self_certainty.weight=1"),
+    "majority": ("--config.rl.rewards.self_judge.weight=0", "--config.rl.rewards.majority.weight=1"),
+    "verifier_rl": ("--config.rl.rewards.self_judge.weight=0",
+                    "--config.rl.rewards.verifier.weight=1"),
+}
 JUDGE_FIGURES = ("eval/accuracy", "eval/judge_auroc", "eval/judge_ece", "eval/judge_accuracy",
                  "eval/pairwise_agreement")
 RL_FIGURES = ("eval/accuracy", "eval/judge_auroc", "eval/judge_ece", "eval/judge_score",
@@ -60,12 +72,12 @@ def _run_seed(seed: str) -> None:
   judged = os.path.join(base, "self_judged")
   if not runs.finished(judged):
     runs.train(_CONFIG.value, judged, *common, log_path=judged + ".log")
-  verifier = os.path.join(base, "verifier_rl")
-  if not runs.finished(verifier):
-    runs.train(_CONFIG.value, verifier, *common,
-               f"--config.init_from={os.path.join(judged, 'warm_start', 'params')}",
-               "--config.rl.rewards.verifier.weight=1", "--config.rl.rewards.self_judge.weight=0",
-               log_path=verifier + ".log")
+  for arm, rewards in ARMS.items():
+    workdir = os.path.join(base, arm)
+    if not runs.finished(workdir):
+      runs.train(_CONFIG.value, workdir, *common,
+                 f"--config.init_from={os.path.join(judged, 'warm_start', 'params')}", *rewards,
+                 log_path=workdir + ".log")
 
 
 def _evals(workdir: str) -> list[dict]:
@@ -97,18 +109,17 @@ def _tables(results: dict, seeds: list[str]) -> str:
     lines.append(f"| {figure} | {_cell([j['start'].get(figure) for j in judge])} | "
                  f"{_cell([j['final'].get(figure) for j in judge])} |")
   step = results[seeds[0]]["self_judged"]["final"]["step"]
-  lines += ["\n## RL (held out)\n",
-            f"| figure | start = no training | self-judged RL, step {step} | "
-            f"verifier RL, step {step} |", "|---|---|---|---|"]
+  lines += [f"\n## RL (held out): the start (= no training) and each reward at step {step}\n",
+            "| figure | start | " + " | ".join(ARMS) + " |", "|---|---|" + "---|" * len(ARMS)]
   for figure in RL_FIGURES:
-    row = [[results[s][arm][at].get(figure) for s in seeds]
-           for arm, at in (("self_judged", "start"), ("self_judged", "final"),
-                           ("verifier_rl", "final"))]
+    row = [[results[s]["self_judged"]["start"].get(figure) for s in seeds]]
+    row += [[results[s][arm]["final"].get(figure) for s in seeds] for arm in ARMS]
     lines.append(f"| {figure} | " + " | ".join(_cell(v) for v in row) + " |")
-  improved = [results[s]["self_judged"]["final"]["eval/accuracy"] >
-              results[s]["self_judged"]["start"]["eval/accuracy"] for s in seeds]
-  lines.append(f"\nSelf-judged RL above its start on eval/accuracy at every seed: {all(improved)} "
-               f"({sum(improved)}/{len(improved)})")
+  for arm in ARMS:
+    improved = [results[s][arm]["final"]["eval/accuracy"] >
+                results[s][arm]["start"]["eval/accuracy"] for s in seeds]
+    lines.append(f"\n{arm}: above its start on eval/accuracy at every seed: {all(improved)} "
+                 f"({sum(improved)}/{len(improved)})")
   for arm in ARMS:
     for seed in seeds:
       for name, message in results[seed][arm]["flags"].items():

@@ -14,7 +14,9 @@ Variants by flag: `--config.rl.advantage=rloo` or `dr_grpo` (with
 (DAPO's clip-higher), `--config.rl.num_iterations=2`, `--config.rl.kl_coef=0.01`, and a
 self-judge reward `--config.rl.rewards.self_judge.weight=0.5` (P(True) of the template
 below, read from the current policy; `...self_judge.judge=reference` for the frozen
-starting model), `--config.rl.rewards.self_certainty.weight=1` (the policy's self-certainty,
+starting model), `--config.rl.rewards.rubric.weight=1` (the expected 1-5 score after the
+same template), `--config.rl.rewards.pairwise.weight=1` (mean order-averaged win rate in the
+group, template "{problem}{first}{second}="), `--config.rl.rewards.self_certainty.weight=1` (the policy's self-certainty,
 Intuitor-style) or `--config.rl.rewards.majority.weight=1` (agreement with the group's most
 frequent answer, TTRL-style). The char tokenizer writes only the task's alphabet, so the template here is
 "{problem}{candidate}=" answered by "1" (yes) or "0" (no): plumbing, not a trained judge.
@@ -47,6 +49,9 @@ def rewards(verifier: float, self_judge: float, length: float, format_: float) -
       verifier=dict(weight=verifier),
       self_judge=dict(weight=self_judge, template=JUDGE_TEMPLATE, yes="1", no="0",
                       judge="policy"),
+      rubric=dict(weight=0.0, template=JUDGE_TEMPLATE, scores=("1", "2", "3", "4", "5"),
+                  judge="policy"),
+      pairwise=dict(weight=0.0, template=PAIRWISE_TEMPLATE, yes="1", no="0", judge="policy"),
       self_certainty=dict(weight=0.0, judge="policy"),
       majority=dict(weight=0.0),
       length=dict(weight=length),

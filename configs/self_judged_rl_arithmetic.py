@@ -29,6 +29,9 @@ for several seeds (docs/results/self_judging.md). The char tokenizer writes only
 alphabet, so the judge template is digits and symbols; with a real tokenizer use words
 (judging.P_TRUE_TEMPLATE) in judge_training.template and rl.rewards.self_judge.template alike.
 
+Other single rewards from the same start: `--config.rl.rewards.self_judge.weight=0` with
+`--config.rl.rewards.pairwise.weight=1`, `...self_certainty.weight=1` or `...majority.weight=1`.
+
 Presets: `tiny`; `test` (2-layer model, a few steps of each stage, for tests).
 """
 
@@ -73,6 +76,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.rl.rewards[source].weight = 0.0
   config.rl.rewards.self_judge.weight = 1.0
   config.rl.judge_eval = judge_eval(tiny)
-  if not tiny:
+  if tiny:
+    # Chosen on the tuning split (task.split_seed=1) between configs/rl_arithmetic.py's 1e-4 and
+    # 1e-5: at 1e-4 every self-generated reward (P(True), self-certainty, majority) collapsed
+    # held-out accuracy, at 1e-5 the majority reward improved it; verifier RL improves at both.
+    config.optimizer.learning_rate = 1e-5
+  else:
     config.rl.update(dict(num_iterations=1, kl_coef=0.0))
   return config.lock()

@@ -12,6 +12,13 @@ The step's reward is sum_k weight_k * reward_k. Sources:
                 current policy (judge="policy", SSR-Zero's self-reward) or the frozen
                 reference (judge="reference"); options template (text with {problem} then
                 {candidate}), yes, no.
+  "rubric"      Self-J's expected score sum_k s_k p_k / sum_k p_k over the score tokens
+                (`judging.rubric_score`; values 1..S) after a template with {problem} then
+                {candidate}; options template, scores (the S score texts), judge.
+  "pairwise"    the sample's mean order-averaged win probability against the other G - 1
+                samples of its group, P(first better) read from a template with {problem},
+                {first}, {second} (`judging.pairwise_preference`; G (G - 1) judge prompts per
+                prompt); options template, yes, no, judge.
   "self_certainty"  the mean KL(U || p) over the completion's tokens (Kang et al. 2025; as a
                 reward, Intuitor / RLIF: Zhao et al. 2025, arXiv 2505.19590) under the current
                 policy or the frozen reference (option judge): the model's confidence in its
@@ -42,6 +49,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from selfimprove import judging
@@ -53,6 +61,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "verifier": {},
     "self_judge": {"template": judging.P_TRUE_TEMPLATE.text, "yes": judging.P_TRUE_TEMPLATE.yes,
                    "no": judging.P_TRUE_TEMPLATE.no, "judge": "policy"},
+    "rubric": {"template": "Question: {problem}\nResponse: {candidate}\nScore (1-5): ",
+               "scores": ("1", "2", "3", "4", "5"), "judge": "policy"},
+    "pairwise": {"template": ("Question: {problem}\nResponse A: {first}\nResponse B: {second}\n"
+                              "Is A better than B? Answer: "),
+                 "yes": ("Yes",), "no": ("No",), "judge": "policy"},
     "self_certainty": {"judge": "policy"},
     "majority": {},
     "length": {},
@@ -271,6 +284,8 @@ class TemplateJudge:
   no_ids: tuple[int, ...]
   dropped_ids: tuple[int, ...]           # completion ids left out: stop, pad, <bos>
   pad_id: int
+  score_ids: tuple[int, ...] = ()        # a rubric's score tokens (then yes/no are empty)
+  score_values: tuple[float, ...] = ()
 
   def candidate_mask(self, tokens: jax.Array, completion_mask: jax.Array) -> jax.Array:
     """[rows, N] bool: the completion's tokens that text decoding keeps (no stop/pad/<bos>)."""
@@ -291,6 +306,13 @@ class TemplateJudge:
     tokens, mask = self.prompt(prompt_tokens, prompt_mask, candidates)
     logits = judging.judge_logits(nnx.merge(self.graphdef, params), tokens, mask)
     return judging.yes_no_logit(logits, self.yes_ids, self.no_ids)
+
+  def rubric(self, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+             candidates: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
+    """The expected rubric score [rows] at the end of each prompt (no gradient)."""
+    tokens, mask = self.prompt(prompt_tokens, prompt_mask, candidates)
+    logits = judging.judge_logits(nnx.merge(self.graphdef, params), tokens, mask)
+    return jax.lax.stop_gradient(judging.rubric_score(logits, self.score_ids, self.score_values))
 
   def probability(self, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                   candidates: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
@@ -317,6 +339,54 @@ class SelfJudgeReward:
     rollout = inputs.rollout
     return self.template_judge.probability(params, rollout.prompt_tokens, rollout.prompt_mask,
                                      [(rollout.tokens, rollout.completion_mask)])
+
+
+@dataclasses.dataclass(frozen=True)
+class RubricReward:
+  """Self-J's expected score [rows] of the rubric prompt around each (problem, completion)."""
+
+  template_judge: TemplateJudge          # with score_ids
+  judge: str = "policy"
+
+  def __call__(self, inputs: RewardInputs) -> jax.Array:
+    params = inputs.params if self.judge == "policy" else inputs.ref_params
+    rollout = inputs.rollout
+    return self.template_judge.rubric(params, rollout.prompt_tokens, rollout.prompt_mask,
+                                      [(rollout.tokens, rollout.completion_mask)])
+
+
+def ordered_pairs(group_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(first, second) [G (G - 1)] int32: every ordered pair of distinct group members."""
+  first, second = np.nonzero(~np.eye(group_size, dtype=bool))
+  return first.astype(np.int32), second.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairwiseReward:
+  """Each sample's mean win probability against the rest of its group [rows]: for i != j,
+  pref(i, j) = pairwise_preference(P(i first better), P(j first better)), averaged over j.
+  One judge pass over all G (G - 1) ordered pairs of each prompt."""
+
+  template_judge: TemplateJudge          # pieces around (problem, first, second)
+  group_size: int
+  judge: str = "policy"
+
+  def __call__(self, inputs: RewardInputs) -> jax.Array:
+    params = inputs.params if self.judge == "policy" else inputs.ref_params
+    rollout, g = inputs.rollout, self.group_size
+    first, second = ordered_pairs(g)
+    grouped = lambda x: x.reshape((-1, g) + x.shape[1:])
+    pick = lambda x, index: grouped(x)[:, index].reshape((-1,) + x.shape[1:])   # [P * pairs, ..]
+    p_first = self.template_judge.probability(
+        params, pick(rollout.prompt_tokens, first), pick(rollout.prompt_mask, first),
+        [(pick(rollout.tokens, first), pick(rollout.completion_mask, first)),
+         (pick(rollout.tokens, second), pick(rollout.completion_mask, second))])
+    p = jnp.zeros((p_first.shape[0] // len(first), g, g)).at[:, first, second].set(
+        p_first.reshape(-1, len(first)))                           # p[:, i, j] = P(i shown first wins)
+    preference = judging.pairwise_preference(p, jnp.swapaxes(p, 1, 2))   # [P, G, G]
+    off_diagonal = ~jnp.eye(g, dtype=bool)
+    wins = jnp.sum(jnp.where(off_diagonal, preference, 0.0), axis=2) / (g - 1)
+    return wins.reshape(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,18 +427,24 @@ class MajorityReward:
     return agrees.reshape(-1).astype(jnp.float32)
 
 
-def build_template_judge(template: judging.JudgeTemplate, fields: tuple[str, ...], what: str, *,
-                         graphdef: nnx.GraphDef, encoder: TextEncoder,
-                         stop_token_ids: Sequence[int], pad_id: int) -> TemplateJudge:
-  """A TemplateJudge of `template`, whose text holds `fields` ("problem" first) once each in
-  order; its text is encoded here, once. `what` (e.g. "rl.rewards.self_judge.template") names
-  the config field in errors."""
+def build_template_judge(template: judging.JudgeTemplate | judging.RubricTemplate,
+                         fields: tuple[str, ...], what: str, *, graphdef: nnx.GraphDef,
+                         encoder: TextEncoder, stop_token_ids: Sequence[int], pad_id: int
+                         ) -> TemplateJudge:
+  """A TemplateJudge of `template` (yes/no, or a rubric's scores), whose text holds `fields`
+  ("problem" first) once each in order; its text is encoded here, once. `what` (e.g.
+  "rl.rewards.self_judge.template") names the config field in errors."""
   pieces = wrapped_text_pieces(encoder, template.text, fields, what)
   head, tail = wrapped_text_pieces(encoder, "{problem}", ("problem",), "the prompt format")
-  yes_ids, no_ids = template.answer_ids(encoder)
   bos = encoder.tokenizer.bos_id
   dropped = tuple(dict.fromkeys([*stop_token_ids, pad_id] + ([] if bos is None else [bos])))
-  return TemplateJudge(graphdef, pieces, (len(head), len(tail)), yes_ids, no_ids, dropped, pad_id)
+  common = dict(graphdef=graphdef, pieces=pieces, prompt_wrapping=(len(head), len(tail)),
+                dropped_ids=dropped, pad_id=pad_id)
+  if isinstance(template, judging.RubricTemplate):
+    return TemplateJudge(yes_ids=(), no_ids=(), score_ids=template.score_ids(encoder),
+                         score_values=template.values, **common)
+  yes_ids, no_ids = template.answer_ids(encoder)
+  return TemplateJudge(yes_ids=yes_ids, no_ids=no_ids, **common)
 
 
 def build_source(spec: RewardSpec, *, graphdef: nnx.GraphDef, encoder: TextEncoder,
@@ -384,20 +460,29 @@ def build_source(spec: RewardSpec, *, graphdef: nnx.GraphDef, encoder: TextEncod
   options = dict(spec.options)
   if spec.source == "self_certainty":
     return SelfCertaintyReward(graphdef, options["judge"])
+  common = dict(graphdef=graphdef, encoder=encoder, stop_token_ids=stop_token_ids, pad_id=pad_id)
+  what = f"rl.rewards.{spec.name}.template"
+  if spec.source == "rubric":
+    template = judging.RubricTemplate(options["template"], tuple(options["scores"]))
+    return RubricReward(build_template_judge(template, ("problem", "candidate"), what, **common),
+                        options["judge"])
+  if spec.source == "pairwise":
+    template = judging.JudgeTemplate(options["template"], yes=options["yes"], no=options["no"])
+    return PairwiseReward(
+        build_template_judge(template, ("problem", "first", "second"), what, **common),
+        group_size, options["judge"])
   if spec.source == "majority":
     bos = encoder.tokenizer.bos_id
     dropped = [*stop_token_ids, pad_id] + ([] if bos is None else [bos])
     return MajorityReward(group_size, tuple(dict.fromkeys(dropped)))
   template = judging.JudgeTemplate(options["template"], yes=options["yes"], no=options["no"])
-  return SelfJudgeReward(
-      build_template_judge(template, ("problem", "candidate"), f"rl.rewards.{spec.name}.template",
-                           graphdef=graphdef, encoder=encoder, stop_token_ids=stop_token_ids,
-                           pad_id=pad_id),
-      options["judge"])
+  return SelfJudgeReward(build_template_judge(template, ("problem", "candidate"), what, **common),
+                         options["judge"])
 
 
 __all__ = ["OPTIONS", "SOURCES", "JUDGES", "RewardSpec", "RewardInputs", "parse_rewards",
            "self_judge_template", "left_pad", "problem_mask", "assemble_prompt", "judge_prompt", "wrapped_text_pieces",
            "VerifierReward", "LengthReward", "FormatReward", "TemplateJudge", "SelfJudgeReward",
-           "SelfCertaintyReward", "MajorityReward",
+           "SelfCertaintyReward", "MajorityReward", "RubricReward", "PairwiseReward",
+           "ordered_pairs",
            "build_template_judge", "build_source"]

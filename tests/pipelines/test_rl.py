@@ -348,3 +348,58 @@ def test_majority_reward_by_hand():
       rollout=type("R", (), {"tokens": tokens, "completion_mask": mask})(), rows={},
       params=None, ref_params=None)
   np.testing.assert_array_equal(reward(inputs), [1, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0])
+
+
+def _judge_probabilities(model, encoder, text, answers):
+  """Next-token probabilities of `answers` (token ids) after the prompt-encoded `text`."""
+  ids = encoder.prompt_ids(text)
+  logits, _ = model(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool))
+  return np.asarray(jax.nn.softmax(logits[0, -1].astype(jnp.float32)), np.float64)[list(answers)]
+
+
+def _texts(task, rollout, row):
+  tokenizer = task.tokenizer
+  problem = tokenizer.decode(real_tokens(rollout.prompt_tokens[row], rollout.prompt_mask[row]))
+  completion = real_tokens(rollout.tokens[row], rollout.completion_mask[row])
+  return problem, tokenizer.decode([t for t in completion if t != tokenizer.eos_id])
+
+
+def test_rubric_reward_is_the_expected_score_of_the_rendered_prompt(run):
+  task, state = run["task"], run["states"][0]
+  rubric = dict(template="{problem}{candidate}=", scores=("1", "2", "3"), weight=1.0)
+  pipeline = make_pipeline(task, {"rubric": rubric})
+  rollout, _, values = _replay(pipeline, state.params, None, run["batch"], run["keys"][0])
+  encoder = run_pieces(task).encoder
+  score_ids = [encoder.text_ids(s, "score")[0] for s in rubric["scores"]]
+  model = nnx.merge(pipeline.graphdef, state.params)
+  for row in range(len(values["rubric"])):
+    problem, candidate = _texts(task, rollout, row)
+    p = _judge_probabilities(model, encoder, problem + candidate + "=", score_ids)
+    assert values["rubric"][row] == pytest.approx(float(p @ [1, 2, 3] / p.sum()), rel=1e-5)
+
+
+def test_pairwise_reward_is_the_mean_order_averaged_win_rate_in_the_group(run):
+  task, state = run["task"], run["states"][0]
+  pairwise = dict(template="{problem}{first}{second}=", yes="1", no="0", weight=1.0)
+  pipeline = make_pipeline(task, {"pairwise": pairwise})
+  rollout, _, values = _replay(pipeline, state.params, None, run["batch"], run["keys"][0])
+  encoder, g = run_pieces(task).encoder, pipeline.config.group_size
+  (yes,), (no,) = (encoder.text_ids(pairwise[k], k) for k in ("yes", "no"))
+  model = nnx.merge(pipeline.graphdef, state.params)
+  for prompt in range(2):                       # two prompts' groups: 2 x 12 judge prompts
+    texts = [_texts(task, rollout, prompt * g + i) for i in range(g)]
+    p = np.zeros((g, g))
+    for i in range(g):
+      for j in range(g):
+        if i != j:
+          p_yes, p_no = _judge_probabilities(model, encoder,
+                                             texts[i][0] + texts[i][1] + texts[j][1] + "=",
+                                             [yes, no])
+          p[i, j] = p_yes / (p_yes + p_no)
+    expected = [np.mean([0.5 * (1 + p[i, j] - p[j, i]) for j in range(g) if j != i])
+                for i in range(g)]
+    np.testing.assert_allclose(values["pairwise"][prompt * g:(prompt + 1) * g], expected,
+                               rtol=1e-5)
+  # Order-averaged win rates of a group sum to G / 2 (each pair's two preferences sum to 1).
+  np.testing.assert_allclose(np.asarray(values["pairwise"]).reshape(-1, g).sum(axis=1), g / 2,
+                             rtol=1e-5)
