@@ -301,15 +301,27 @@ def preference_margin(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Ar
   return (chosen - ref_chosen) - (rejected - ref_rejected)
 
 
+def pair_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+  """The mean of [B] per-pair values, or their `weights`-weighted mean (0 when all weights are
+  0: pairs masked out of a batch contribute nothing, and a batch without pairs no gradient)."""
+  if weights is None:
+    return jnp.mean(values)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(jnp.where(weights > 0, values, 0.0) * weights) / jnp.maximum(jnp.sum(weights),
+                                                                              1e-9)
+
+
 def dpo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
-             ref_rejected: jax.Array, beta: float) -> jax.Array:
+             ref_rejected: jax.Array, beta: float, weights: jax.Array | None = None
+             ) -> jax.Array:
   """Scalar DPO sigmoid loss (Rafailov et al. 2023, arXiv 2305.18290): mean_b -log sigmoid(beta h_b).
 
   Also SPIN's logistic loss (Chen et al. 2024, arXiv 2401.01335) with chosen = the data's
   answer, rejected = the previous iterate's sample and ref = that iterate (beta = lambda).
+  `weights` [B]: a weighted mean (0 masks a pair out; see `pair_mean`).
   """
-  return -jnp.mean(jax.nn.log_sigmoid(beta * preference_margin(chosen, rejected, ref_chosen,
-                                                                ref_rejected)))
+  return pair_mean(-jax.nn.log_sigmoid(beta * preference_margin(chosen, rejected, ref_chosen,
+                                                                 ref_rejected)), weights)
 
 
 def spin_hinge_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
@@ -331,7 +343,7 @@ def ipo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
 
 def sppo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
               ref_rejected: jax.Array, win_rate_chosen: jax.Array, win_rate_rejected: jax.Array,
-              beta: float) -> jax.Array:
+              beta: float, weights: jax.Array | None = None) -> jax.Array:
   """Scalar SPPO loss (Wu et al. 2024, arXiv 2405.00675; its code's loss_type "sppo"):
 
       mean_b 1/2 [ (log pi(y_w)/pi_t(y_w) - eta (P_w - 1/2))^2
@@ -343,14 +355,17 @@ def sppo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
   eta = 1.0 / beta
   chosen_term = jnp.square(chosen - ref_chosen - eta * (win_rate_chosen - 0.5))
   rejected_term = jnp.square(rejected - ref_rejected - eta * (win_rate_rejected - 0.5))
-  return jnp.mean(0.5 * (chosen_term + rejected_term))
+  return pair_mean(0.5 * (chosen_term + rejected_term), weights)
 
 
 def preference_metrics(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
-                       ref_rejected: jax.Array, beta: float) -> dict[str, jax.Array]:
+                       ref_rejected: jax.Array, beta: float, weights: jax.Array | None = None
+                       ) -> dict[str, jax.Array]:
   """The DPO family's logged figures: implicit rewards r = beta (log pi - log ref) of both
-  responses, their margin, the share of pairs with r_w > r_l, and the policy's log-probs."""
+  responses, their margin, the share of pairs with r_w > r_l, and the policy's log-probs
+  (means over the pairs, `weights`-weighted when given)."""
   reward_chosen, reward_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
-  return {"train/reward_margin": jnp.mean(reward_chosen - reward_rejected),
-          "train/reward_accuracy": jnp.mean((reward_chosen > reward_rejected).astype(jnp.float32)),
-          "train/chosen_logp": jnp.mean(chosen), "train/rejected_logp": jnp.mean(rejected)}
+  mean = lambda x: pair_mean(x, weights)  # noqa: E731
+  return {"train/reward_margin": mean(reward_chosen - reward_rejected),
+          "train/reward_accuracy": mean((reward_chosen > reward_rejected).astype(jnp.float32)),
+          "train/chosen_logp": mean(chosen), "train/rejected_logp": mean(rejected)}

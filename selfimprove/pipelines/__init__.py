@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from selfimprove.pipelines import (judge_training, preference, rl, score, score_baselines, sft,
-                                   stp)
+from selfimprove.pipelines import (judge_training, preference, rl, score, score_baselines,
+                                   self_rewarding, sft, stp)
 from selfimprove.pipelines.base import Pipeline, RunPieces
 
 
@@ -85,6 +85,9 @@ register_pipeline("judge_training", judge_training.build, section="judge_trainin
 # "preference": offline DPO / IPO / SPIN / SPPO on the data's (chosen, rejected) pairs.
 register_pipeline("preference", preference.build, section="preference")
 register_row_transform("preference_pairs", preference.pair_rows, eval_rows=True)
+# "self_rewarding": self-generated pairs in the step: Self-Rewarding, Temporal Self-Rewarding,
+# SPIN and SPPO (config.self_rewarding.method), in rounds or online.
+register_pipeline("self_rewarding", self_rewarding.build, section="self_rewarding")
 
 __all__ = ["Pipeline", "RunPieces", "register_pipeline", "register_row_transform",
            "get_pipeline_entry", "pipeline_names", "row_transforms"]
