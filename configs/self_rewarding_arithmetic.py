@@ -49,7 +49,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       pairwise_no="0", reference="init", ema_decay=0.99, judge_eval=judge_eval(tiny)))
   steps = rounds * config.self_rewarding.steps_per_round
   config.train.update(dict(num_steps=steps, eval_every=config.self_rewarding.steps_per_round,
-                           checkpoint_every=config.self_rewarding.steps_per_round // 2,
+                           checkpoint_every=20 if tiny else 2,     # mid-round checkpoints
                            eval_at_start=True))
   if tiny:
     config.optimizer.update(dict(learning_rate=1e-5, warmup_steps=0, decay="constant"))
