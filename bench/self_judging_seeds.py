@@ -94,27 +94,19 @@ def _figures(workdir: str) -> dict:
           "curves": {k: [r.get(k) for r in evals] for k in RL_FIGURES}, "flags": run_flags}
 
 
-def _cell(values) -> str:
-  values = np.asarray([np.nan if v is None else v for v in values], float)
-  if np.isnan(values).any():
-    return " / ".join("-" if np.isnan(v) else f"{v:.3f}" for v in values)
-  std = values.std(ddof=1) if len(values) > 1 else 0.0
-  return f"{values.mean():.3f} +- {std:.3f} ({' / '.join(f'{v:.3f}' for v in values)})"
-
-
 def _tables(results: dict, seeds: list[str]) -> str:
   judge = [results[s]["judge_training"] for s in seeds]
   lines = ["## Judge training (held out)\n", "| figure | before (step 0) | after |", "|---|---|---|"]
   for figure in JUDGE_FIGURES:
-    lines.append(f"| {figure} | {_cell([j['start'].get(figure) for j in judge])} | "
-                 f"{_cell([j['final'].get(figure) for j in judge])} |")
+    lines.append(f"| {figure} | {runs.mean_std_cell([j['start'].get(figure) for j in judge])} | "
+                 f"{runs.mean_std_cell([j['final'].get(figure) for j in judge])} |")
   step = results[seeds[0]]["self_judged"]["final"]["step"]
   lines += [f"\n## RL (held out): the start (= no training) and each reward at step {step}\n",
             "| figure | start | " + " | ".join(ARMS) + " |", "|---|---|" + "---|" * len(ARMS)]
   for figure in RL_FIGURES:
     row = [[results[s]["self_judged"]["start"].get(figure) for s in seeds]]
     row += [[results[s][arm]["final"].get(figure) for s in seeds] for arm in ARMS]
-    lines.append(f"| {figure} | " + " | ".join(_cell(v) for v in row) + " |")
+    lines.append(f"| {figure} | " + " | ".join(runs.mean_std_cell(v) for v in row) + " |")
   for arm in ARMS:
     improved = [results[s][arm]["final"]["eval/accuracy"] >
                 results[s][arm]["start"]["eval/accuracy"] for s in seeds]
@@ -131,7 +123,7 @@ def _tables(results: dict, seeds: list[str]) -> str:
               "|---|" + "---|" * len(BEST_OF)]
     for selector in SELECTORS:
       lines.append(f"| {selector} | " + " | ".join(
-          _cell([results[s][arm][at].get(f"eval/bon{n}_{selector}") for s in seeds])
+          runs.mean_std_cell([results[s][arm][at].get(f"eval/bon{n}_{selector}") for s in seeds])
           for n in BEST_OF) + " |")
   return "\n".join(lines) + "\n"
 
@@ -169,11 +161,7 @@ def main(argv):
     results[seed] = {arm: _figures(os.path.join(base, arm)) for arm in ARMS}
     results[seed]["judge_training"] = _figures(os.path.join(base, "self_judged", "warm_start"))
   table = _tables(results, seeds)
-  print(table)
-  with open(os.path.join(_WORKDIR.value, "table.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(_WORKDIR.value, "table.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  runs.write_report(_WORKDIR.value, table, results)
   _plot(results, seeds, os.path.join(_WORKDIR.value, "curves.png"))
 
 

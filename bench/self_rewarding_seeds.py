@@ -103,14 +103,6 @@ def _figures(workdir: str) -> dict:
           "score_gap": [r.get("train/score_gap") for r in trains]}
 
 
-def _cell(values) -> str:
-  values = np.asarray([np.nan if v is None else v for v in values], float)
-  if np.isnan(values).any():
-    return " / ".join("-" if np.isnan(v) else f"{v:.3f}" for v in values)
-  std = values.std(ddof=1) if len(values) > 1 else 0.0
-  return f"{values.mean():.3f} +- {std:.3f} ({' / '.join(f'{v:.3f}' for v in values)})"
-
-
 def _tables(results: dict, seeds: list[str]) -> str:
   lines = []
   for method in METHODS:
@@ -119,12 +111,12 @@ def _tables(results: dict, seeds: list[str]) -> str:
     for i, row in enumerate(first["evals"]):
       values = [[results[s][method]["evals"][i][k] for s in seeds]
                 for k in ("eval/accuracy", "eval/judge_auroc")]
-      lines.append(f"| {row['step']} | {_cell(values[0])} | {_cell(values[1])} |")
+      lines.append(f"| {row['step']} | {runs.mean_std_cell(values[0])} | {runs.mean_std_cell(values[1])} |")
     lines += ["", "| round | " + " | ".join(PAIR_FIGURES) + " |",
               "|---|" + "---|" * len(PAIR_FIGURES)]
     for t in first["rounds"]:
       lines.append(f"| {t} | " + " | ".join(
-          _cell([results[s][method]["rounds"][t][k] for s in seeds]) for k in PAIR_FIGURES) + " |")
+          runs.mean_std_cell([results[s][method]["rounds"][t][k] for s in seeds]) for k in PAIR_FIGURES) + " |")
     rose = [results[s][method]["evals"][-1]["eval/accuracy"] >
             results[s][method]["evals"][0]["eval/accuracy"] for s in seeds]
     lines.append(f"\n{method}: final held-out accuracy above the start at every seed: "
@@ -162,11 +154,7 @@ def main(argv):
   results = {s: {m: _figures(os.path.join(_WORKDIR.value, f"seed{s}", m)) for m in METHODS}
              for s in seeds}
   table = _tables(results, seeds)
-  print(table)
-  with open(os.path.join(_WORKDIR.value, "table.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(_WORKDIR.value, "table.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  runs.write_report(_WORKDIR.value, table, results)
   _plot(results, seeds, os.path.join(_WORKDIR.value, "curves.png"))
 
 

@@ -269,6 +269,27 @@ def summarize_policy_eval(values: Mapping[str, np.ndarray], with_judge: bool
   return {**summary, **summarize(values)} if with_judge else summary
 
 
+class PolicyEvaluation:
+  """`evaluate` / `summarize_eval` / `eval_summary_names` of a pipeline that measures its policy
+  and judge (RL, judge training, self-generated preferences). The pipeline (a dataclass) has
+  `graphdef`, `greedy` (SamplingConfig), `verifier` and `judge_eval` (JudgeEval or None)."""
+
+  @property
+  def eval_summary_names(self) -> tuple[str, ...]:
+    """What the progress bar shows."""
+    return ("accuracy",) + (("judge_auroc",) if self.judge_eval is not None else ())
+
+  def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
+               ) -> dict[str, jax.Array]:
+    """Per-example greedy accuracy [batch] and, with judge_eval, its values."""
+    return evaluate_policy(self.graphdef, params, batch, rng, self.greedy, self.verifier,
+                           self.judge_eval)
+
+  def summarize_eval(self, values: dict) -> dict[str, float]:
+    """eval/accuracy (the mean), and with judge_eval its figures (`summarize`)."""
+    return summarize_policy_eval(values, self.judge_eval is not None)
+
+
 def reward_hacking(records: list[dict], margin: float = 0.02,
                    judge_key: str = "eval/judge_score", accuracy_key: str = "eval/accuracy"
                    ) -> str | None:
@@ -297,4 +318,5 @@ def reward_hacking(records: list[dict], margin: float = 0.02,
 
 
 __all__ = ["SELECTORS", "JudgeEvalConfig", "parse_judge_eval", "best_of_n_values", "JudgeEval",
-           "summarize", "evaluate_policy", "summarize_policy_eval", "reward_hacking"]
+           "summarize", "evaluate_policy", "summarize_policy_eval", "PolicyEvaluation",
+           "reward_hacking"]

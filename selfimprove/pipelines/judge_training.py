@@ -38,8 +38,7 @@ import optax
 from flax import nnx
 
 from selfimprove import judging
-from selfimprove.judge_eval import (JudgeEval, evaluate_policy, parse_judge_eval,
-                                    summarize_policy_eval)
+from selfimprove.judge_eval import JudgeEval, PolicyEvaluation, parse_judge_eval
 from selfimprove.objectives import next_token_loss, teacher_forced_exact_match
 from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.rl import build_judge_eval
@@ -112,7 +111,7 @@ def judge_bce(logits: jax.Array, labels: jax.Array, balance: bool) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class JudgeTraining:
+class JudgeTraining(PolicyEvaluation):
   """Batch keys: prompt_tokens/prompt_mask, answer_tokens/answer_mask and what the verifier
   reads (selfimprove/encoding.py rows)."""
 
@@ -125,10 +124,6 @@ class JudgeTraining:
   greedy: SamplingConfig            # evaluation's greedy completion
   judge_eval: JudgeEval | None
   eval_metric_names: tuple[str, ...] = ("accuracy",)
-
-  @property
-  def eval_summary_names(self) -> tuple[str, ...]:
-    return ("accuracy",) + (("judge_auroc",) if self.judge_eval is not None else ())
 
   def init_extra(self, params: dict) -> dict:
     return {}
@@ -169,14 +164,6 @@ class JudgeTraining:
                "perf/tokens": jnp.sum(mask) + judge_tokens}
     return state._replace(params=params, opt_state=opt_state), metrics
 
-  def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
-               ) -> dict[str, jax.Array]:
-    """Greedy accuracy [batch] and the judge's values (judge_eval.evaluate_policy)."""
-    return evaluate_policy(self.graphdef, params, batch, rng, self.greedy, self.verifier,
-                           self.judge_eval)
-
-  def summarize_eval(self, values: dict) -> dict[str, float]:
-    return summarize_policy_eval(values, self.judge_eval is not None)
 
 
 def build(pieces: RunPieces, settings: dict) -> JudgeTraining:

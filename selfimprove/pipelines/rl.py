@@ -57,8 +57,8 @@ import optax
 from flax import nnx
 
 from selfimprove import judging, multiturn
-from selfimprove.judge_eval import (JudgeEval, JudgeEvalConfig, evaluate_policy, parse_judge_eval,
-                                    reward_hacking, summarize_policy_eval)
+from selfimprove.judge_eval import (JudgeEval, JudgeEvalConfig, PolicyEvaluation,
+                                    parse_judge_eval, reward_hacking)
 from selfimprove.objectives import (KL_ESTIMATORS, POLICY_LOSS_AGGREGATIONS, aggregate_token_losses,
                                     clipped_policy_loss, dr_grpo_advantages, grpo_advantages,
                                     masked_mean, rloo_advantages, turn_kl)
@@ -162,7 +162,7 @@ def group_advantages(rewards: jax.Array, config: RLConfig) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class RL:
+class RL(PolicyEvaluation):
   """Batch keys: prompt_tokens/prompt_mask [batch, P] and what the verifier reads.
 
   `sources`: (spec, callable) per reward source; the frozen reference, when kept, is
@@ -182,9 +182,9 @@ class RL:
   judge_eval: JudgeEval | None = None
 
   @property
-  def eval_summary_names(self) -> tuple[str, ...]:
-    """What the progress bar shows."""
-    return ("accuracy",) + (("judge_auroc",) if self.judge_eval is not None else ())
+  def greedy(self) -> SamplingConfig:
+    """Evaluation's sampling (PolicyEvaluation): one greedy completion per prompt."""
+    return self.sampling_config(train=False)
 
   def init_extra(self, params: dict) -> dict:
     return {"ref_params": params} if self.config.keeps_reference else {}
@@ -274,17 +274,6 @@ class RL:
     if ref is not None:
       metrics["train/kl"] = kl
     return state._replace(params=params, opt_state=opt_state), metrics
-
-  def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
-               ) -> dict[str, jax.Array]:
-    """Per-example [batch] accuracy: the run's verifier on greedy completions; with judge_eval
-    also its values ([batch] or [batch, num_candidates]; selfimprove/judge_eval.py)."""
-    return evaluate_policy(self.graphdef, params, batch, rng, self.sampling_config(train=False),
-                           self.verifier, self.judge_eval)
-
-  def summarize_eval(self, values: dict) -> dict[str, float]:
-    """eval/accuracy (the mean), and with judge_eval its figures (judge_eval.summarize)."""
-    return summarize_policy_eval(values, self.judge_eval is not None)
 
   def run_flags(self, records: list[dict]) -> dict[str, str]:
     """Flags for the run summary from metrics.jsonl's rows: "reward_hacking" when a self-judging

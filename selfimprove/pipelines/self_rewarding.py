@@ -53,7 +53,7 @@ import optax
 from flax import nnx
 
 from selfimprove import judging
-from selfimprove.judge_eval import JudgeEval, evaluate_policy, parse_judge_eval, summarize_policy_eval
+from selfimprove.judge_eval import JudgeEval, PolicyEvaluation, parse_judge_eval
 from selfimprove.objectives import dpo_loss, pair_mean, preference_metrics, sppo_loss
 from selfimprove.pipelines import self_rewarding_pairs as pairs_lib
 from selfimprove.pipelines.base import RunPieces
@@ -166,7 +166,7 @@ def _select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class SelfRewarding:
+class SelfRewarding(PolicyEvaluation):
   graphdef: nnx.GraphDef
   optimizer: optax.GradientTransformation
   verifier: Any
@@ -178,10 +178,6 @@ class SelfRewarding:
   preference: Preference           # the pair log-probs (summed, one forward pass)
   judge_eval: JudgeEval | None
   eval_metric_names: tuple[str, ...] = ("accuracy",)
-
-  @property
-  def eval_summary_names(self) -> tuple[str, ...]:
-    return ("accuracy",) + (("judge_auroc",) if self.judge_eval is not None else ())
 
   def init_extra(self, params: dict) -> dict:
     return {key: params for key in self.config.extra_keys}
@@ -371,13 +367,6 @@ class SelfRewarding:
       metrics["train/round"] = (state.step // cfg.steps_per_round).astype(jnp.float32)
     return state._replace(params=params, opt_state=opt_state, extra=extra), metrics
 
-  def evaluate(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
-               ) -> dict[str, jax.Array]:
-    return evaluate_policy(self.graphdef, params, batch, rng, self.greedy, self.verifier,
-                           self.judge_eval)
-
-  def summarize_eval(self, values: dict) -> dict[str, float]:
-    return summarize_policy_eval(values, self.judge_eval is not None)
 
 
 def _scorer(config: SelfRewardingConfig, pieces: RunPieces) -> Any:
