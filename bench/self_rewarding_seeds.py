@@ -33,13 +33,14 @@ sys.path.insert(0, ROOT)
 from bench import runs  # noqa: E402
 
 # method -> its flags. Temporal: K = 2 per model (2K candidates in phase 1, 3K in phase 2,
-# about SR's N = 4 per prompt on average) and 2 rounds of 150 steps (300 updates, as 3 x 100).
+# about SR's N = 4 per prompt on average) and 2 rounds of 150 steps (300 updates, as 3 x 100;
+# steps_per_call 2 so that evaluations fall on 150 and 300: the same updates, grouped by 2).
 METHODS = {
     "self_rewarding": (),
     "temporal": ("--config.self_rewarding.method=temporal",
                  "--config.self_rewarding.steps_per_round=150",
                  "--config.self_rewarding.num_candidates=2", "--config.train.eval_every=150",
-                 "--config.train.checkpoint_every=40"),
+                 "--config.train.steps_per_call=2", "--config.train.checkpoint_every=30"),
     "spin": ("--config.self_rewarding.method=spin",),
     "sppo": ("--config.self_rewarding.method=sppo", "--config.self_rewarding.scorer=pairwise"),
     "verifier_dpo": ("--config.self_rewarding.scorer=verifier",),
