@@ -19,9 +19,11 @@ where an "answer" is the candidate's token row less stop/pad/<bos> ids (empty: n
 
 Per-example values (`JudgeEval.__call__`, rows = prompts): judge_p_true [batch, K] float,
 judge_correct [batch, K] 0/1 (verifier reward > 0.5), self_certainty [batch, K],
-pairwise_preference [batch] (with a pairwise template), bon{N}_{selector} [batch] 0/1.
+pairwise_preference [batch] (with a pairwise template), judge_rubric [batch, K] (with a rubric
+template: the expected score mapped to [0, 1]), bon{N}_{selector} [batch] 0/1.
 `summarize` turns those of all eval examples into judge_auroc, judge_ece (10 equal-width
-bins), judge_accuracy (P(True) >= 0.5 vs the verifier), pairwise_agreement (candidates 0
+bins), judge_accuracy (P(True) >= 0.5 vs the verifier), the same three of the rubric score
+(rubric_auroc, rubric_ece, rubric_accuracy), pairwise_agreement (candidates 0
 and 1, over pairs the verifier separates), the mean of each bon{N}_{selector}, judge_score
 (the mean P(True) of all candidates: what the judge thinks of the policy's samples),
 self_certainty (their mean self-certainty) and sample_accuracy (the verifier's mean over
@@ -61,6 +63,8 @@ class JudgeEvalConfig:
     template, yes, no: the P(True) judge (judging.JudgeTemplate: {problem} then {candidate}).
     pairwise_template, pairwise_yes, pairwise_no: a judge asked whether {first} is better than
       {second} (fields {problem}, {first}, {second} in that order); "" measures no pairs.
+    rubric_template, rubric_scores: a rubric judge ({problem}, {candidate}; the score texts,
+      worth 1..S) measured like P(True) on its expected score mapped to [0, 1]; "": none.
     borda_power: p of the Borda votes (N - r + 1)^p (0: majority voting).
     section: the config section named in errors.
   """
@@ -75,11 +79,13 @@ class JudgeEvalConfig:
   pairwise_template: str = ""
   pairwise_yes: tuple[str, ...] = ("A",)
   pairwise_no: tuple[str, ...] = ("B",)
+  rubric_template: str = ""
+  rubric_scores: tuple[str, ...] = ("1", "2", "3", "4", "5")
   borda_power: float = 0.5
   section: str = dataclasses.field(default="rl.judge_eval", compare=False)
 
   def __post_init__(self):
-    for field in ("yes", "no", "pairwise_yes", "pairwise_no"):
+    for field in ("yes", "no", "pairwise_yes", "pairwise_no", "rubric_scores"):
       value = getattr(self, field)
       object.__setattr__(self, field, (value,) if isinstance(value, str) else tuple(value))
     best_of = self.best_of
@@ -103,7 +109,8 @@ class JudgeEvalConfig:
   def metric_names(self) -> tuple[str, ...]:
     """The per-example values `JudgeEval` returns with this config."""
     pairwise = ("pairwise_preference",) if self.pairwise_template else ()
-    return ("judge_p_true", "judge_correct", "self_certainty", *pairwise,
+    rubric = ("judge_rubric",) if self.rubric_template else ()
+    return ("judge_p_true", "judge_correct", "self_certainty", *pairwise, *rubric,
             *(f"bon{n}_{selector}" for n in self.best_of for selector in SELECTORS))
 
 
@@ -173,6 +180,7 @@ class JudgeEval:
   sampling: SamplingConfig
   judge: Any
   pairwise: Any = None
+  rubric: Any = None     # a TemplateJudge with score ids (`rubric(...)`), or None
 
   def __call__(self, params: dict, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:
@@ -202,6 +210,11 @@ class JudgeEval:
         self.config.best_of, self.config.borda_power))
     if self.pairwise is not None:
       values["pairwise_preference"] = self._pairwise(params, rollout, prompts, k)
+    if self.rubric is not None:
+      score = self.rubric.rubric(params, rollout.prompt_tokens, rollout.prompt_mask,
+                                 [(tokens, mask)])
+      low, high = min(self.rubric.score_values), max(self.rubric.score_values)
+      values["judge_rubric"] = grouped((score - low) / (high - low))
     return values
 
   def _pairwise(self, params: dict, rollout, prompts: int, k: int) -> jax.Array:
@@ -238,6 +251,16 @@ def summarize(values: Mapping[str, np.ndarray]) -> dict[str, float]:
     summary = {"judge_auroc": judge_metrics.auroc(p_true, labels),
                "judge_ece": judge_metrics.expected_calibration_error(p_true, labels),
                "judge_accuracy": judge_metrics.accuracy_at(p_true, labels, 0.5)}
+  if "judge_rubric" in values:
+    rubric = np.asarray(values["judge_rubric"], np.float64).reshape(-1)
+    finite = np.isfinite(rubric).all()
+    labels = correct.reshape(-1)
+    summary.update({
+        "rubric_auroc": judge_metrics.auroc(rubric, labels) if finite else float("nan"),
+        "rubric_ece": (judge_metrics.expected_calibration_error(rubric, labels) if finite
+                       else float("nan")),
+        "rubric_accuracy": (judge_metrics.accuracy_at(rubric, labels, 0.5) if finite
+                            else float("nan"))})
   if "pairwise_preference" in values:
     preference = np.asarray(values["pairwise_preference"], np.float64)
     summary["pairwise_agreement"] = (

@@ -280,3 +280,37 @@ def test_reward_hacking_is_flagged_when_the_judge_rises_as_accuracy_falls():
   assert reward_hacking(_evals((0.7, 0.6), (0.5, 0.61))) is None          # rose by 0.01 only
   assert reward_hacking(_evals((0.7, 0.6))) is None                       # one evaluation
   assert reward_hacking(_evals((0.7, 0.6), (0.5, 0.7)), margin=0.25) is None
+
+
+def test_a_rubric_judge_is_measured_on_its_expected_score_by_hand():
+  task = arithmetic_task()
+  rubric = dict(rubric_template="{problem}{candidate}=", rubric_scores=("1", "2", "3"))
+  pipeline = make_pipeline(task, num_candidates=4, best_of=(1, 4), **rubric)
+  assert "judge_rubric" in pipeline.eval_metric_names
+  _, params = tiny_model()
+  batch = dict(task.generate(jax.random.key(3), 4), record_id=jnp.arange(4, dtype=jnp.int32))
+  rng = jax.random.key(5)
+  values = jax.device_get(jax.jit(pipeline.evaluate)(params, batch, rng))
+  assert values["judge_rubric"].shape == (4, 4)
+  # The candidates, as JudgeEval draws them (one key per record), then each rendered as text.
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, batch["record_id"])
+  model = nnx.merge(pipeline.graphdef, params)
+  rollout = jax.device_get(sample(model, batch["prompt_tokens"], batch["prompt_mask"], keys,
+                                  pipeline.judge_eval.sampling))
+  encoder, tokenizer = run_pieces(task).encoder, task.tokenizer
+  score_ids = [encoder.text_ids(s, "score")[0] for s in rubric["rubric_scores"]]
+  for row in range(3):
+    problem = tokenizer.decode(real_tokens(rollout.prompt_tokens[row], rollout.prompt_mask[row]))
+    completion = real_tokens(rollout.tokens[row], rollout.completion_mask[row])
+    candidate = tokenizer.decode([t for t in completion if t != tokenizer.eos_id])
+    ids = encoder.prompt_ids(problem + candidate + "=")
+    logits, _ = model(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool))
+    p = np.asarray(jax.nn.softmax(logits[0, -1].astype(jnp.float32)), np.float64)[score_ids]
+    expected = (p @ [1, 2, 3] / p.sum() - 1) / 2
+    assert values["judge_rubric"][row // 4, row % 4] == pytest.approx(expected, rel=1e-5)
+  summary = pipeline.summarize_eval({k: np.asarray(v) for k, v in values.items()})
+  flat, labels = values["judge_rubric"].reshape(-1), values["judge_correct"].reshape(-1)
+  assert summary["rubric_auroc"] == pytest.approx(judge_metrics.auroc(flat, labels))
+  assert summary["rubric_ece"] == pytest.approx(
+      judge_metrics.expected_calibration_error(flat, labels))
+  assert summary["rubric_accuracy"] == pytest.approx(judge_metrics.accuracy_at(flat, labels, 0.5))

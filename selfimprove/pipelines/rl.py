@@ -301,11 +301,16 @@ def build_judge_eval(config: JudgeEvalConfig, pieces: RunPieces, max_new_tokens:
                                      config.pairwise_no)
     pairwise = build_template_judge(template, ("problem", "first", "second"),
                                     f"{config.section}.pairwise_template", **common)
+  rubric = None
+  if config.rubric_template:
+    rubric = build_template_judge(
+        judging.RubricTemplate(config.rubric_template, config.rubric_scores),
+        ("problem", "candidate"), f"{config.section}.rubric_template", **common)
   sampling = SamplingConfig(
       max_new_tokens=max_new_tokens, temperature=config.temperature,
       num_samples_per_prompt=config.num_candidates, stop_token_ids=pieces.stop_token_ids,
       pad_token_id=pieces.pad_id)
-  return JudgeEval(config, pieces.graphdef, pieces.verifier, sampling, judge, pairwise)
+  return JudgeEval(config, pieces.graphdef, pieces.verifier, sampling, judge, pairwise, rubric)
 
 
 def build(pieces: RunPieces, settings: dict) -> RL:
