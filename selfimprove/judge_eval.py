@@ -32,7 +32,7 @@ them). `reward_hacking` reads those over a run.
 Cost per eval batch: K x batch rows sampled, one judge pass and one full-vocabulary
 forward pass ([K x batch, prompt + completion, vocab] logits) over them, plus one
 pairwise pass of 2 x batch rows. This module imports no pipeline: the judges are built by
-the pipeline (pipelines/rl_rewards.TemplateJudge) and passed in.
+the pipeline (pipelines/judge_prompts.TemplateJudge) and passed in.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class JudgeEval:
   """The jittable measurement: `(params, batch, rng) -> {name: [batch, ...]}`.
 
   judge, pairwise: objects with `probability(params, prompt_tokens, prompt_mask, candidates)
-  -> [rows]` and `candidate_mask(tokens, completion_mask) -> [rows, C]` (rl_rewards.TemplateJudge;
+  -> [rows]` and `candidate_mask(tokens, completion_mask) -> [rows, C]` (judge_prompts.TemplateJudge;
   pairwise None: no pairs). verifier: (tokens, mask, rows) -> [rows] rewards.
   """
 

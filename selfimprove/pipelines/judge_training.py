@@ -7,7 +7,7 @@ One compiled step (config.pipeline = "judge_training", settings config.judge_tra
   1. sample K = num_candidates completions per prompt from the current policy;
   2. the run's verifier labels each (correct: reward > 0.5);
   3. the judge prompt around (problem, candidate) (a `judging.JudgeTemplate`, assembled in the
-     graph as the RL self-judge reward assembles it: pipelines/rl_rewards.TemplateJudge) gives
+     graph as the RL self-judge reward assembles it: pipelines/judge_prompts.TemplateJudge) gives
      z = log P(yes) - log P(no) at its end, and the judge loss is the binary cross-entropy of
      sigmoid(z) = P(True) against the label, the proper scoring rule for the probability the RL
      reward and the judge measurements read (Kadavath et al. 2022's P(True) trained as their
@@ -42,7 +42,7 @@ from selfimprove.judge_eval import JudgeEval, PolicyEvaluation, parse_judge_eval
 from selfimprove.objectives import next_token_loss, teacher_forced_exact_match
 from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.rl import build_judge_eval
-from selfimprove.pipelines.rl_rewards import TemplateJudge, build_template_judge
+from selfimprove.pipelines.judge_prompts import TemplateJudge, build_template_judge
 from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState
 

@@ -63,9 +63,9 @@ from selfimprove.objectives import (KL_ESTIMATORS, POLICY_LOSS_AGGREGATIONS, agg
                                     clipped_policy_loss, dr_grpo_advantages, grpo_advantages,
                                     masked_mean, rloo_advantages, turn_kl)
 from selfimprove.pipelines.base import RunPieces
+from selfimprove.pipelines.judge_prompts import build_template_judge
 from selfimprove.pipelines.rl_rewards import (RewardInputs, RewardSpec, build_source,
-                                              build_template_judge, parse_rewards,
-                                              self_judge_template)
+                                              parse_rewards, self_judge_template)
 from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState
 

@@ -59,9 +59,9 @@ from selfimprove.pipelines import self_rewarding_pairs as pairs_lib
 from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.preference import Preference, PreferenceConfig
 from selfimprove.pipelines.rl import build_judge_eval
+from selfimprove.pipelines.judge_prompts import build_template_judge
 from selfimprove.pipelines.rl_rewards import (PairwiseReward, RewardInputs, RubricReward,
-                                              SelfJudgeReward, VerifierReward,
-                                              build_template_judge)
+                                              SelfJudgeReward, VerifierReward)
 from selfimprove.pipelines.stp_selection import mean_pooled_embeddings
 from selfimprove.sampling import SamplingConfig, sample
 from selfimprove.train_state import TrainState

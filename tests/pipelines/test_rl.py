@@ -13,7 +13,7 @@ from flax import nnx
 from selfimprove import judging, multiturn
 from selfimprove.models.transformer import Transformer
 from selfimprove.objectives import clipped_policy_loss, grpo_advantages
-from selfimprove.pipelines import register_pipeline, rl, rl_rewards
+from selfimprove.pipelines import judge_prompts, register_pipeline, rl, rl_rewards
 from selfimprove.sampling import sample
 from selfimprove.train_state import TrainState
 from selfimprove.verifiers import InGraphVerifier
@@ -262,7 +262,7 @@ def test_evaluate_is_the_verifiers_accuracy_on_greedy_completions(run):
 def test_left_pad_keeps_the_order_of_real_tokens():
   tokens = jnp.array([[5, 6, 7, 8, 9], [1, 2, 3, 4, 5]])
   mask = jnp.array([[1, 0, 1, 0, 1], [1, 1, 1, 1, 1]], bool)
-  padded, padded_mask = rl_rewards.left_pad(tokens, mask, pad_id=0)
+  padded, padded_mask = judge_prompts.left_pad(tokens, mask, pad_id=0)
   assert padded.tolist() == [[0, 0, 5, 7, 9], [1, 2, 3, 4, 5]]
   assert padded_mask.tolist() == [[False, False, True, True, True], [True] * 5]
 

@@ -11,7 +11,6 @@ import optax
 import pytest
 
 from selfimprove.pipelines import self_rewarding
-from selfimprove.pipelines import self_rewarding_pairs as pairs_lib
 from selfimprove.train_state import TrainState
 from selfimprove.verifiers import InGraphVerifier
 from tests.pipelines.test_rl import parity_verifier
