@@ -403,3 +403,36 @@ def test_pairwise_reward_is_the_mean_order_averaged_win_rate_in_the_group(run):
   # Order-averaged win rates of a group sum to G / 2 (each pair's two preferences sum to 1).
   np.testing.assert_allclose(np.asarray(values["pairwise"]).reshape(-1, g).sum(axis=1), g / 2,
                              rtol=1e-5)
+
+
+def test_a_host_python_verifier_rewards_like_the_same_rule_in_graph():
+  """The verifier source calls the run's verifier, in-graph or a host Python function (through
+  jax.pure_callback): the same rule both ways gives the same rewards and the same update."""
+  from selfimprove.verifiers import HostVerifier
+  task = arithmetic_task()
+  tokenizer = task.tokenizer
+  seven = tokenizer.encode("7")[-1]
+
+  def contains_seven_in_graph(tokens, mask, batch):
+    del batch
+    return jnp.any((tokens == seven) & mask, axis=1).astype(jnp.float32)
+
+  def contains_seven(text, example):
+    del example
+    return float("7" in text)
+
+  batch = dict(task.generate(jax.random.key(3), 8), record_id=jnp.arange(8, dtype=jnp.int32))
+  host = HostVerifier(contains_seven, tokenizer, [{}] * 8, (tokenizer.eos_id,))
+  results = []
+  for verifier in (InGraphVerifier(contains_seven_in_graph), host):
+    pipeline = rl.build(run_pieces(task, verifier),
+                        dict(rewards={"verifier": {"weight": 1.0}}, group_size=4))
+    _, params = tiny_model()
+    state, metrics = jax.jit(pipeline.step)(make_state(pipeline, params), batch,
+                                            jax.random.key(9))
+    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+  (graph_params, graph_metrics), (host_params, host_metrics) = results
+  assert 0 < graph_metrics["train/reward/verifier"] < 1            # both outcomes sampled
+  assert host_metrics["train/reward/verifier"] == graph_metrics["train/reward/verifier"]
+  jax.tree.map(np.testing.assert_array_equal, host_params, graph_params)
+  assert host.failure() is None
