@@ -331,6 +331,15 @@ def spin_hinge_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Arra
   return jnp.mean(jnp.maximum(0.0, 1.0 - margin))
 
 
+def chosen_nll_loss(chosen: jax.Array, chosen_lengths: jax.Array,
+                    weights: jax.Array | None = None) -> jax.Array:
+  """Scalar mean_b -log pi(y_w) / |y_w|: the chosen responses' per-token negative log-likelihood,
+  the term Iterative RPO adds to DPO (Pang et al. 2024, arXiv 2404.19733: DPO alone lowers the
+  chosen log-probs on reasoning pairs). `chosen` are summed log-probs [B], `chosen_lengths`
+  their completion token counts [B]; `weights` as in `pair_mean`."""
+  return pair_mean(-chosen / jnp.maximum(chosen_lengths.astype(jnp.float32), 1.0), weights)
+
+
 def ipo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array,
              ref_rejected: jax.Array, beta: float) -> jax.Array:
   """Scalar IPO loss (Azar et al. 2023, arXiv 2310.12036): mean_b (h_b - 1 / (2 beta))^2.

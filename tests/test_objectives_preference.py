@@ -66,3 +66,11 @@ def test_preference_metrics_by_hand():
   assert float(metrics["train/reward_accuracy"]) == 0.5
   np.testing.assert_allclose(metrics["train/chosen_logp"], -4.0)
   np.testing.assert_allclose(metrics["train/rejected_logp"], -3.0)
+
+
+def test_chosen_nll_is_the_per_token_negative_log_likelihood_of_the_valid_chosen():
+  lengths = jnp.asarray([3, 4])
+  assert float(obj.chosen_nll_loss(jnp.asarray(CHOSEN), lengths)) == pytest.approx(
+      (3.0 / 3 + 5.0 / 4) / 2)
+  assert float(obj.chosen_nll_loss(jnp.asarray(CHOSEN), lengths, jnp.asarray([0.0, 1.0]))
+               ) == pytest.approx(5.0 / 4)

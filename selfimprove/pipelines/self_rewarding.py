@@ -34,7 +34,8 @@ Online (R = 0): the current policy generates and judges; the reference is the fr
 ("init") or an EMA of the policy ("ema").
 
 Metrics: train/loss, train/grad_norm, perf/tokens, objectives.preference_metrics over valid
-pairs, train/pair_fraction, train/score_gap (mean chosen - rejected score: the paper's shrinking
+pairs (these and every other per-pair figure are NaN, null in metrics.jsonl, on a step without
+a valid pair), train/pair_fraction, train/score_gap (mean chosen - rejected score: the paper's shrinking
 gap), train/chosen_score, train/rejected_score, train/chosen_verified, train/rejected_verified
 (the verifier on the pair: judge quality per round), train/chosen_rejected_cosine (mean-pooled
 last hidden states under the reference), train/round; temporal: train/anchored_rejected,
@@ -54,7 +55,8 @@ from flax import nnx
 
 from selfimprove import judging
 from selfimprove.judge_eval import JudgeEval, PolicyEvaluation, parse_judge_eval
-from selfimprove.objectives import dpo_loss, pair_mean, preference_metrics, sppo_loss
+from selfimprove.objectives import (chosen_nll_loss, dpo_loss, pair_mean, preference_metrics,
+                                   sppo_loss)
 from selfimprove.pipelines import self_rewarding_pairs as pairs_lib
 from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.preference import Preference, PreferenceConfig
@@ -84,6 +86,8 @@ class SelfRewardingConfig:
     temperature, top_p: the candidates' sampling (Self-Rewarding: 0.7, 0.9).
     max_new_tokens: completion budget (0: the answer length).
     beta: DPO's beta (0.1); SPPO's 1 / eta.
+    nll_weight: lambda of an added lambda * (the chosen response's per-token negative
+      log-likelihood) (objectives.chosen_nll_loss; Iterative RPO uses 1); 0: the paper's DPO.
     scorer: how candidates are scored (SCORERS[method]; spin: "none"; "verifier" = the
       verifier-labelled upper reference, or SPPO's documented verifier option).
     template, yes, no: the P(True) judge ({problem}, {candidate}); scores: the rubric's score
@@ -103,6 +107,7 @@ class SelfRewardingConfig:
   top_p: float = 0.9
   max_new_tokens: int = 0
   beta: float = 0.1
+  nll_weight: float = 0.0
   scorer: str = "p_true"
   template: str = judging.P_TRUE_TEMPLATE.text
   yes: Any = judging.P_TRUE_TEMPLATE.yes
@@ -136,6 +141,7 @@ class SelfRewardingConfig:
         ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
         ("max_new_tokens", self.max_new_tokens >= 0, "must be >= 0 (0: the answer length)"),
         ("beta", self.beta > 0, "must be > 0"),
+        ("nll_weight", self.nll_weight >= 0, "must be >= 0 (0: no NLL term)"),
         ("scorer", self.scorer in SCORERS.get(self.method, ()),
          f"must be one of {SCORERS.get(self.method)} for method={self.method!r}"),
         ("pairwise_template", self.scorer != "pairwise" or bool(self.pairwise_template),
@@ -159,6 +165,12 @@ class SelfRewardingConfig:
       return ("ref_params",)
     return ("round_params",) + (("anchor_params", "future_params")
                                 if self.method == "temporal" else ())
+
+
+def _pair_figure(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """A logged figure over the step's valid pairs: their mean, or NaN (null in metrics.jsonl: no
+  value) on a step without one, so that averages over steps are over pairs, not diluted by 0."""
+  return jnp.where(jnp.any(valid), pair_mean(values.astype(jnp.float32), valid), jnp.nan)
 
 
 def _select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -299,10 +311,8 @@ class SelfRewarding(PolicyEvaluation):
                 answer_tokens=pick(tokens, choice.chosen), answer_mask=pick(mask, choice.chosen),
                 rejected_tokens=pick(tokens, choice.rejected),
                 rejected_mask=pick(mask, choice.rejected))
-    valid = choice.valid.astype(jnp.float32)
-    metrics = {"train/anchored_rejected": pair_mean((from_anchor & choice.valid
-                                                     ).astype(jnp.float32), valid),
-               "train/future_chosen": pair_mean(from_future.astype(jnp.float32), valid),
+    metrics = {"train/anchored_rejected": _pair_figure(from_anchor, choice.valid),
+               "train/future_chosen": _pair_figure(from_future, choice.valid),
                "train/phase": 1.0 + phase_two.astype(jnp.float32)}
     return pair, choice, metrics
 
@@ -337,6 +347,9 @@ class SelfRewarding(PolicyEvaluation):
                          pair["win_rate_rejected"], cfg.beta, weights=valid)
       else:
         loss = dpo_loss(chosen, rejected, *ref, cfg.beta, weights=valid)
+      if cfg.nll_weight:
+        lengths = jnp.sum(pair["answer_mask"], axis=1)
+        loss = loss + cfg.nll_weight * chosen_nll_loss(chosen, lengths, weights=valid)
       return loss, (chosen, rejected)
 
     (loss, (chosen, rejected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -346,13 +359,15 @@ class SelfRewarding(PolicyEvaluation):
     if not cfg.rounds and cfg.reference == "ema":
       extra["ref_params"] = jax.tree.map(lambda r, p: cfg.ema_decay * r + (1 - cfg.ema_decay) * p,
                                          extra["ref_params"], params)
-    mean = lambda x: pair_mean(x.astype(jnp.float32), valid)  # noqa: E731
+    mean = lambda x: _pair_figure(x, choice.valid)  # noqa: E731
+    no_pair = lambda x: jnp.where(jnp.any(choice.valid), x, jnp.nan)  # noqa: E731
     verified = lambda kind: self._verified(pair[f"{kind}_tokens"], pair[f"{kind}_mask"], batch)
     tokens = (2 * jnp.sum(batch["prompt_mask"]) + jnp.sum(pair["answer_mask"]) +
               jnp.sum(pair["rejected_mask"]))
     metrics = {
         "train/loss": loss, "train/grad_norm": optax.tree.norm(grads), "perf/tokens": tokens,
-        **preference_metrics(chosen, rejected, *ref, cfg.beta, weights=valid),
+        **{k: no_pair(v) for k, v in
+           preference_metrics(chosen, rejected, *ref, cfg.beta, weights=valid).items()},
         "train/pair_fraction": jnp.mean(valid),
         "train/chosen_verified": mean(verified("answer")),
         "train/rejected_verified": mean(verified("rejected")),

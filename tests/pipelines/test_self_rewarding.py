@@ -3,6 +3,7 @@ next round starts from the trained model), temporal phases, the DPO loss by hand
 pairs, the online step (one compile, EMA reference), config errors."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,35 @@ def test_the_step_loss_is_dpo_on_the_valid_pairs_by_hand(rounds):
   # The verifier scores: every valid pair is (right, wrong).
   assert out[1][1]["train/chosen_verified"] == 1.0 and out[1][1]["train/rejected_verified"] == 0.0
   assert out[1][1]["train/score_gap"] == 1.0
+
+
+def test_nll_weight_adds_the_chosen_per_token_nll_to_dpo(rounds):
+  task, _, params, out = rounds
+  pipeline = make_pipeline(task, nll_weight=0.5)
+  state = pipeline.begin_step(out[0][0]._replace(extra=pipeline.init_extra(out[0][0].params)))
+  batch = task.generate(jax.random.fold_in(jax.random.key(1), 1), 8)
+  key = jax.random.fold_in(jax.random.key(2), 1)
+  pair, choice, _ = jax.jit(pipeline.build_pairs)(state, batch, key)
+  chosen, rejected = (np.asarray(x, np.float64)
+                      for x in jax.jit(pipeline.preference.pair_logprobs)(state.params, pair))
+  valid = np.asarray(choice.valid)
+  lengths = np.asarray(pair["answer_mask"]).sum(axis=1)
+  # Policy = reference here (the round's start), so the DPO term is log 2 on every pair.
+  expected = math.log(2.0) + 0.5 * np.mean((-chosen / lengths)[valid])
+  _, metrics = jax.jit(pipeline.step)(state, batch, key)
+  assert float(metrics["train/loss"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_figures_over_pairs_have_no_value_on_a_step_without_a_pair():
+  task = arithmetic_task()
+  # No candidate counts as finished (10_000 is no token id), so no prompt has a pair.
+  pipeline = dataclasses.replace(make_pipeline(task), stop_token_ids=(10_000,))
+  _, params = tiny_model()
+  _, metrics = run_steps(pipeline, make_state(pipeline, params), task, 1)[0]
+  assert metrics["train/pair_fraction"] == 0.0 and metrics["train/loss"] == 0.0
+  for key in ("train/reward_margin", "train/chosen_logp", "train/score_gap",
+              "train/chosen_verified", "train/chosen_rejected_cosine"):
+    assert np.isnan(metrics[key]), key
 
 
 def _adam_count(opt_state):
