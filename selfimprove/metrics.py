@@ -15,6 +15,7 @@ warning, and plotting or summarising problems are warnings, never a failed run.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import math
 import os
 from typing import IO, Any, Mapping, Sequence
@@ -166,6 +167,9 @@ class MetricsWriter:
     self._file = _open_for_append(self.path)
     if tensorboard:
       from tensorboardX import SummaryWriter    # imported here: only process 0 needs it
+      # NaN is a deliberate value here (a figure with no value at that step); tensorboardX
+      # would warn once per NaN scalar.
+      std_logging.getLogger("tensorboardX.x2num").setLevel(std_logging.ERROR)
       self._tensorboard = SummaryWriter(
           logdir=os.path.join(workdir, TENSORBOARD_DIR),
           purge_step=None if resume_step is None else resume_step + 1)
