@@ -33,6 +33,8 @@ setup(
         "hf": ["safetensors>=0.4", "tokenizers>=0.20", "sentencepiece>=0.2",
                "jinja2>=3.1.6"],   # jinja2: chat templates
         "seqio": ["seqio"],
+        # launch/sweep.py --executor=slurm (the local executor needs nothing extra).
+        "sweep": ["submitit>=1.5.4,<2"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -45,6 +47,7 @@ setup(
             "sentencepiece>=0.2",
             "protobuf",            # transformers' SentencePiece conversion in tokenizer tests
             "jinja2>=3.1.6",
+            "submitit>=1.5.4,<2",  # the sweep tests' submitit path (its local executor)
         ],
     },
 )
