@@ -52,8 +52,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                            checkpoint_every=20 if tiny else 2,     # mid-round checkpoints
                            eval_at_start=True))
   if tiny:
-    # The paper's DPO learning rate (1e-6), also the choice on the tuning split
-    # (task.split_seed=1, verifier-labelled DPO, docs/results/self_rewarding.md): at 1e-5 ...
-    config.optimizer.update(dict(learning_rate=1e-6, warmup_steps=0, decay="constant"))
+    # Chosen on the tuning split (task.split_seed=1; docs/results/self_rewarding.md) against the
+    # paper's 1e-6: verifier-labelled DPO rose from 0.901 to 0.977 / 0.980 / 0.961 (run seeds
+    # 0 / 1 / 2) at 1e-5 and to 0.944 at every seed at 1e-6; P(True) Self-Rewarding fell at both.
+    config.optimizer.update(dict(learning_rate=1e-5, warmup_steps=0, decay="constant"))
     config.train.update(dict(global_batch_size=16, steps_per_call=4, log_every=4))
   return config.lock()

@@ -26,6 +26,18 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+# Multi-host failure handling: the coordinator (process 0) declares a process dead once it has sent
+# no heartbeat for this long, and every surviving process then stops with an error instead of
+# waiting forever in a collective. Long enough to ride out a slow checkpoint or a GC pause.
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 60, "With --distributed: a process silent this long is declared "
+    "dead and the others stop with an error (jax.distributed heartbeat_timeout_seconds).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout_seconds", 300, "With --distributed: how long each process waits for "
+    "all the others to connect at start-up before giving up.")
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout_seconds", 60, "With --distributed: how long a finishing process waits for "
+    "the others to finish too.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -64,6 +76,40 @@ def _config_error(message: str) -> None:
   sys.exit(2)
 
 
+# What a collective or the coordination service says when another process of the run has gone
+# (killed, preempted, its host lost): gloo on CPU, NCCL on GPU, the distributed runtime itself.
+_LOST_PEER_MARKERS = ("Gloo ", "NCCL", "Connection reset by peer", "Connection closed by peer",
+                      "heartbeat", "coordination service", "Socket closed")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+  """Whether `error` (raised in a multi-process run) means another process of the run is gone."""
+  return any(marker in str(error) for marker in _LOST_PEER_MARKERS)
+
+
+def exit_after_lost_peer(error: BaseException) -> None:
+  """Says in one paragraph that another process died and how to resume, then exits 1 at once.
+
+  `os._exit` rather than `sys.exit`: jax's exit handler would otherwise wait at the distributed
+  shutdown barrier for the dead process (--shutdown_timeout_seconds), then abort with SIGABRT and
+  pages of C++ logs that bury this message. The checkpointer has already been closed by then.
+  """
+  import jax
+  first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+  checkpoints = os.path.join(_WORKDIR.value, "checkpoints")
+  steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit()) if os.path.isdir(
+      checkpoints) else []
+  newest = (f"the newest finalised checkpoint, step {steps[-1]} in {checkpoints}" if steps else
+            f"the newest finalised checkpoint in {_WORKDIR.value} (none in {checkpoints} yet)")
+  print(f"Error: process {jax.process_index()} of {jax.process_count()} lost contact with the "
+        f"other processes of this run ({type(error).__name__}: {first_line}). Another process most "
+        f"likely died or was preempted: see its log. Relaunch all {jax.process_count()} processes "
+        f"with the same command to resume from {newest}.", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
+
+
 def main(argv):
   del argv
   import jax  # after flag parsing, so a bad flag never waits for backend start-up
@@ -78,7 +124,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                               initialization_timeout=_INIT_TIMEOUT.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
+                               shutdown_timeout_seconds=_SHUTDOWN_TIMEOUT.value)
   try:
     with Preemption():   # SIGTERM at any point: checkpoint (if anything trained) and exit 0
       result = train_with_warm_start(_CONFIG.value, _WORKDIR.value)
@@ -90,8 +139,14 @@ def main(argv):
     print(f"Host verifier error: {error}", file=sys.stderr)
     sys.exit(1)
   except (OSError, FloatingPointError, CheckpointError) as error:   # faults: disk full, divergence
+    if jax.process_count() > 1 and lost_a_peer(error):
+      exit_after_lost_peer(error)
     print(f"Error: {error}", file=sys.stderr)
     sys.exit(1)
+  except Exception as error:  # noqa: BLE001 - only a collective that lost its peer is handled here
+    if jax.process_count() > 1 and lost_a_peer(error):
+      exit_after_lost_peer(error)
+    raise
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 
