@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from selfimprove import sweep as sweep_lib  # noqa: E402
+from selfimprove import sweep_results  # noqa: E402
 
 TRAIN = os.path.join(ROOT, "launch", "train.py")
 
@@ -70,7 +71,7 @@ def main(argv):
         cluster=_SLURM_CLUSTER.value, partition=_PARTITION.value, timeout_min=_TIMEOUT_MIN.value,
         gpus_per_node=_GPUS.value, cpus_per_task=_CPUS.value, mem_gb=_MEM_GB.value)
     codes = sweep_lib.run_sweep(sweep, workdir, TRAIN, _EXECUTOR.value, _PARALLEL.value, slurm)
-  print(sweep_lib.write_results(sweep, workdir, _METRIC.value, codes))
+  print(sweep_results.write_results(sweep, workdir, _METRIC.value, codes))
   failed = [name for name, code in codes.items() if code != 0]
   unfinished = [t.name for t in sweep.trials
                 if not sweep_lib.finished(os.path.join(workdir, t.name))]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from selfimprove import sweep as sweep_lib
+from selfimprove import sweep_results
 from selfimprove.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,7 +192,7 @@ def test_results_tables_hold_each_trials_last_eval_values_and_seed_mean_std(tmp_
       f.write(json.dumps({"step": 8, "eval/accuracy": finals[seed]}) + "\n")
     if "num_layers=1" in trial.name:   # finished; the num_layers=2 trials are not
       open(os.path.join(workdir, trial.name, "params", "model_config.json"), "w").write("{}")
-  table = sweep_lib.write_results(sweep, workdir)
+  table = sweep_results.write_results(sweep, workdir)
   with open(os.path.join(workdir, "results.csv")) as f:
     rows = list(csv.DictReader(f))
   assert [r["trial"] for r in rows] == [t.name for t in sweep.trials]
