@@ -95,17 +95,33 @@ def _figures(workdir: str) -> dict:
   evals = [r for r in rows if "eval/accuracy" in r]
   trains = [r for r in rows if "train/round" in r]
   rounds = sorted({int(r["train/round"]) for r in trains})
-  per_round = {str(t): {k: float(np.mean([r[k] for r in trains if int(r["train/round"]) == t
-                                          and r.get(k) is not None]))
-                        for k in PAIR_FIGURES} for t in rounds}
+  def round_mean(key: str, t: int) -> float | None:   # over the logged steps with pairs
+    values = [r[key] for r in trains if int(r["train/round"]) == t and r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+  per_round = {str(t): {k: round_mean(k, t) for k in PAIR_FIGURES} for t in rounds}
   return {"evals": [{k: r.get(k) for k in ("step", "eval/accuracy", "eval/judge_auroc")}
                     for r in evals], "rounds": per_round,
           "steps": [r["step"] for r in trains],
           "score_gap": [r.get("train/score_gap") for r in trains]}
 
 
+def _summary(results: dict, seeds: list[str]) -> list[str]:
+  """One row per method: held-out accuracy at the start and at the end, and how many seeds end
+  above their start."""
+  lines = ["## Summary: held-out greedy accuracy\n", "| method | start | final | final > start |",
+           "|---|---|---|---|"]
+  for method in METHODS:
+    start, final = ([results[s][method]["evals"][i]["eval/accuracy"] for s in seeds]
+                    for i in (0, -1))
+    rose = sum(f > b for f, b in zip(final, start))
+    lines.append(f"| {method} | {runs.mean_std_cell(start)} | {runs.mean_std_cell(final)} | "
+                 f"{rose}/{len(seeds)} |")
+  return lines + [""]
+
+
 def _tables(results: dict, seeds: list[str]) -> str:
-  lines = []
+  lines = _summary(results, seeds)
   for method in METHODS:
     first = results[seeds[0]][method]
     lines += [f"## {method}\n", "| eval step | eval/accuracy | eval/judge_auroc |", "|---|---|---|"]

@@ -28,16 +28,19 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 # Multi-host failure handling: the coordinator (process 0) declares a process dead once it has sent
 # no heartbeat for this long, and every surviving process then stops with an error instead of
-# waiting forever in a collective. Long enough to ride out a slow checkpoint or a GC pause.
+# waiting forever in a collective. Heartbeats come from a background thread, so only a frozen
+# process, a lost host or a network outage this long trips it, not a slow step or checkpoint.
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 60, "With --distributed: a process silent this long is declared "
-    "dead and the others stop with an error (jax.distributed heartbeat_timeout_seconds).")
+    "dead and the others stop with an error (jax.distributed heartbeat_timeout_seconds).",
+    lower_bound=1)
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "initialization_timeout_seconds", 300, "With --distributed: how long each process waits for "
-    "all the others to connect at start-up before giving up.")
+    "all the others to connect at start-up before giving up.", lower_bound=1)
 _SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
-    "shutdown_timeout_seconds", 60, "With --distributed: how long a finishing process waits for "
-    "the others to finish too.")
+    "shutdown_timeout_seconds", 120, "With --distributed: how long a finished process waits at "
+    "exit for the others (process 0 writes plots and the summary last); also bounds how long the "
+    "others wait when one process stops on an exception of its own.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -96,11 +99,14 @@ def exit_after_lost_peer(error: BaseException) -> None:
   """
   import jax
   first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+  if len(first_line) > 200:
+    first_line = first_line[:197] + "..."
   checkpoints = os.path.join(_WORKDIR.value, "checkpoints")
+  # Finalised steps only: Orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames at the end.
   steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit()) if os.path.isdir(
       checkpoints) else []
   newest = (f"the newest finalised checkpoint, step {steps[-1]} in {checkpoints}" if steps else
-            f"the newest finalised checkpoint in {_WORKDIR.value} (none in {checkpoints} yet)")
+            f"the newest finalised checkpoint under {_WORKDIR.value}, if any")
   print(f"Error: process {jax.process_index()} of {jax.process_count()} lost contact with the "
         f"other processes of this run ({type(error).__name__}: {first_line}). Another process most "
         f"likely died or was preempted: see its log. Relaunch all {jax.process_count()} processes "
