@@ -32,6 +32,9 @@ setup(
         "tpu": ["jax[tpu]"],
         "hf": ["safetensors>=0.4", "tokenizers>=0.20", "sentencepiece>=0.2",
                "jinja2>=3.1.6"],   # jinja2: chat templates
+        # task.name="seqio" (selfimprove/tasks/seqio_task.py). Pulls TensorFlow, tensorflow-text
+        # and tensorflow-datasets (about 2 GB installed), so it stays out of the default install.
+        # Tested with seqio 0.0.20, tensorflow 2.21.0, tensorflow-text 2.21.1, numpy 2.4.6.
         "seqio": ["seqio"],
         # launch/sweep.py --executor=slurm (the local executor needs nothing extra).
         "sweep": ["submitit>=1.5.4,<2"],

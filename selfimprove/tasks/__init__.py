@@ -19,6 +19,7 @@ from selfimprove.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from selfimprove.tasks.base import Task
 from selfimprove.tasks.jsonl import JsonlTask, JsonlTaskConfig
 from selfimprove.tasks.linear_equations import LinearEquationsConfig, LinearEquationsTask
+from selfimprove.tasks.seqio_task import SeqioTask, SeqioTaskConfig   # seqio imported lazily
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,8 @@ def task_names() -> list[str]:
 register_task("arithmetic", ArithmeticConfig, ArithmeticTask)
 register_task("jsonl", JsonlTaskConfig, JsonlTask)
 register_task("linear_equations", LinearEquationsConfig, LinearEquationsTask)
+register_task("seqio", SeqioTaskConfig, SeqioTask)
 
 __all__ = ["ArithmeticConfig", "ArithmeticTask", "JsonlTask", "JsonlTaskConfig",
-           "LinearEquationsConfig", "LinearEquationsTask", "Task",
+           "LinearEquationsConfig", "LinearEquationsTask", "SeqioTask", "SeqioTaskConfig", "Task",
            "register_task", "get_task_entry", "task_names"]
