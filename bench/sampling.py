@@ -1,126 +1,132 @@
-"""Benchmark: decode throughput of `selfimprove.sampling.sample` vs a peer on the same shapes.
+"""Benchmark: decode throughput of our sampler vs `transformers.generate`, each in its own process.
 
-    python bench/sampling.py --config=configs/bench_sampling.py:tiny
+    .venv/bin/python bench/sampling.py --config=configs/bench_sampling.py:tiny,small
 
-Prints a table and writes JSON (see configs/bench_sampling.py). Not a test.
+For each preset our worker first exports its random weights (seed 0) as a Hugging Face
+folder, so both libraries run the very same model; then every row alternates
+bench/peers/selfimprove_generate.py (this virtualenv) and bench/peers/transformers_generate.py
+(the peer's virtualenv). tok/s = rows x new tokens / median seconds of one call (prefill
+included). floor = the FLOPs the row needs (bench/peers/flops.py) / the jax f32 matmul peak
+measured at the start of this run; "% floor" = floor / measured time. Prints a markdown table
+and writes JSON (config.output). Not a test; see bench/README.md.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import sys
-import time
 
 from absl import app
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import flops  # noqa: E402
+import harness  # noqa: E402
+from selfimprove.models import get_preset  # noqa: E402
 
-from selfimprove.models import get_preset, init_model  # noqa: E402
-from selfimprove.sampling import SamplingConfig, make_sampler  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_sampling.py:tiny")
-
-
-def _median_seconds(run, num_runs: int) -> float:
-  run()  # warm-up: compilation and first-touch allocations are not timed
-  times = []
-  for _ in range(num_runs):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_sampling.py:tiny,small")
 
 
-def time_selfimprove(model_config, batch: int, bench) -> float:
-  graphdef, params = init_model(model_config, seed=bench.seed)
-  sampler = make_sampler(graphdef, SamplingConfig(max_new_tokens=bench.max_new_tokens, greedy=True))
-  prompts = np.random.default_rng(bench.seed).integers(
-      3, model_config.vocab_size, (batch, bench.prompt_len)).astype(np.int32)
-  mask = np.ones_like(prompts, bool)
-  key = jax.random.key(bench.seed)
-
-  def run():
-    rollout = sampler(params, prompts, mask, key)
-    jax.block_until_ready(rollout.tokens)
-    assert int(rollout.num_decode_steps) == bench.max_new_tokens
-
-  return _median_seconds(run, bench.num_runs)
+def row_specs(bench) -> list[dict]:
+  """(preset, prompts, samples per prompt, new tokens) of every row, in run order."""
+  specs = []
+  for preset in [p.strip() for p in bench.presets.split(",") if p.strip()]:
+    for batch in bench.batch_sizes:
+      specs.append(dict(preset=preset, kind="greedy", prompts=batch, samples=1,
+                        new_tokens=bench.max_new_tokens))
+    specs.append(dict(preset=preset, kind="grpo", prompts=bench.grpo_prompts,
+                      samples=bench.grpo_samples, new_tokens=bench.grpo_new_tokens))
+  return specs
 
 
-def time_transformers(model_config, batch: int, bench) -> float | None:
-  try:
-    import torch
-    import transformers
-  except ImportError:
-    return None
-  torch.manual_seed(bench.seed)
-  torch.set_num_threads(os.cpu_count() or 1)
-  hf_config = transformers.LlamaConfig(
-      vocab_size=model_config.vocab_size, hidden_size=model_config.embed_dim,
-      intermediate_size=model_config.mlp_dim, num_hidden_layers=model_config.num_layers,
-      num_attention_heads=model_config.num_heads, num_key_value_heads=model_config.num_kv_heads,
-      head_dim=model_config.head_dim, rope_theta=model_config.rope_theta,
-      rms_norm_eps=model_config.norm_eps, tie_word_embeddings=model_config.tie_embeddings)
-  model = transformers.LlamaForCausalLM(hf_config).eval().to(getattr(torch, bench.dtype))
-  prompts = torch.randint(3, model_config.vocab_size, (batch, bench.prompt_len))
+def measure_row(spec: dict, bench, weights: str) -> dict:
+  args = [f"--prompts={spec['prompts']}", f"--samples_per_prompt={spec['samples']}",
+          f"--prompt_len={bench.prompt_len}", f"--new_tokens={spec['new_tokens']}",
+          f"--calls={bench.calls}", f"--seed={bench.seed}"]
+  sides = {"ours": (sys.executable, "selfimprove_generate.py", [f"--preset={spec['preset']}", *args])}
+  if bench.peer_python:
+    sides["peer"] = (bench.peer_python, "transformers_generate.py", [f"--hf_dir={weights}", *args])
+  return harness.alternate(sides, bench.rounds)
 
-  def run():
-    with torch.inference_mode():
-      out = model.generate(prompts, attention_mask=torch.ones_like(prompts),
-                           max_new_tokens=bench.max_new_tokens, min_new_tokens=bench.max_new_tokens,
-                           do_sample=False, pad_token_id=0, eos_token_id=None)
-    assert out.shape[1] == bench.prompt_len + bench.max_new_tokens
 
-  return _median_seconds(run, bench.num_runs)
+def summarize(spec: dict, sides: dict, bench, peak_gflops: float) -> dict:
+  config = get_preset(spec["preset"])
+  rows = spec["prompts"] * spec["samples"]
+  work = flops.sampling_flops(config, spec["prompts"], spec["samples"], bench.prompt_len,
+                              spec["new_tokens"])
+  floor = work / (peak_gflops * 1e9)
+  row = dict(spec, rows=rows, params=config.num_params, flops=work, floor_seconds=floor)
+  for name, side in sides.items():
+    row[name] = dict(seconds=side["median_seconds"],
+                     tokens_per_sec=rows * spec["new_tokens"] / side["median_seconds"],
+                     fraction_of_floor=floor / side["median_seconds"],
+                     warmup_seconds=side["warmup_seconds"], call_seconds=side["call_seconds"],
+                     load_before=side["load_before"], load_after=side["load_after"],
+                     runs=[{k: v for k, v in run.items() if k != "first_row_tokens"}
+                           for run in side["runs"]])
+  if "peer" in sides and spec["kind"] == "greedy":
+    ours, peer = (sides[n]["runs"][0]["first_row_tokens"] for n in ("ours", "peer"))
+    same = next((i for i, (a, b) in enumerate(zip(ours, peer)) if a != b), len(ours))
+    row["greedy_tokens_agree"] = same   # leading tokens of row 0 that are identical
+  return row
+
+
+def print_rows(rows: list[dict], peak: dict, bench) -> None:
+  print(f"\nsampling: prompt {bench.prompt_len}; greedy rows {bench.max_new_tokens} new tokens; "
+        f"grpo = {bench.grpo_prompts} prompts x {bench.grpo_samples} samples x "
+        f"{bench.grpo_new_tokens} new tokens (temperature 1); f32; median of "
+        f"{bench.rounds} x {bench.calls} calls per side")
+  print(f"matmul peak (f32 {bench.matmul_size}^2, median): jax {peak['jax']['median_gflops']:.0f} "
+        f"GFLOP/s" + (f", torch {peak['torch']['median_gflops']:.0f} GFLOP/s" if "torch" in peak
+                      else ""))
+  header = ["preset", "row", "ours tok/s", "peer tok/s", "ours/peer", "floor s",
+            "ours % floor", "peer % floor", "ours warm-up s", "peer warm-up s", "same greedy tokens", "load 1m"]
+  table = []
+  for r in rows:
+    ours, peer = r["ours"], r.get("peer")
+    label = (f"batch {r['prompts']}" if r["kind"] == "greedy"
+             else f"grpo {r['prompts']}x{r['samples']}x{r['new_tokens']}")
+    load = f"{ours['load_before']['load_1m']:.2f}-{ours['load_after']['load_1m']:.2f}"
+    table.append([
+        r["preset"], label, f"{ours['tokens_per_sec']:.0f}",
+        f"{peer['tokens_per_sec']:.0f}" if peer else "n/a",
+        f"{ours['tokens_per_sec'] / peer['tokens_per_sec']:.2f}x" if peer else "n/a",
+        f"{r['floor_seconds']:.3f}", f"{100 * ours['fraction_of_floor']:.0f}%",
+        f"{100 * peer['fraction_of_floor']:.0f}%" if peer else "n/a",
+        f"{statistics.median(ours['warmup_seconds']):.1f}",
+        f"{statistics.median(peer['warmup_seconds']):.1f}" if peer else "n/a",
+        f"{r['greedy_tokens_agree']}/{r['new_tokens']}" if "greedy_tokens_agree" in r else "-",
+        load])
+  harness.print_table(header, table)
 
 
 def main(argv):
   del argv
   bench = _CONFIG.value
+  start = harness.machine()
+  peak = harness.matmul_peak(bench.peer_python or None, bench.matmul_size, bench.matmul_calls)
+  peak_gflops = peak["jax"]["median_gflops"]
   rows = []
-  for preset in [p.strip() for p in bench.presets.split(",") if p.strip()]:
-    model_config = get_preset(preset, dtype=bench.dtype, param_dtype=bench.dtype)
-    for batch in bench.batch_sizes:
-      new_tokens = batch * bench.max_new_tokens
-      ours = time_selfimprove(model_config, batch, bench)
-      peer = time_transformers(model_config, batch, bench) if bench.peer == "transformers" else None
-      rows.append(dict(
-          preset=preset, params=model_config.num_params, batch=batch,
-          prompt_len=bench.prompt_len, new_tokens=bench.max_new_tokens,
-          seconds=ours, tokens_per_sec=new_tokens / ours,
-          peer=bench.peer or None, peer_seconds=peer,
-          peer_tokens_per_sec=(new_tokens / peer) if peer else None))
-      print(f"  measured {preset} batch={batch}", file=sys.stderr, flush=True)
-
-  header = (f"{'preset':<7}{'params':>8}{'batch':>7}{'sec/call':>10}{'tok/s':>10}"
-            f"{'peer tok/s':>12}{'speedup':>9}")
-  print(f"\nsample(): prompt {bench.prompt_len} tokens, {bench.max_new_tokens} new tokens, greedy, "
-        f"{bench.dtype}, median of {bench.num_runs}; peer = {bench.peer or 'none'} on the same shapes")
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-        f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-  print(header)
-  print("-" * len(header))
-  for r in rows:
-    peer = f"{r['peer_tokens_per_sec']:>12.0f}{r['tokens_per_sec'] / r['peer_tokens_per_sec']:>8.2f}x" \
-        if r["peer_tokens_per_sec"] else f"{'n/a':>12}{'':>9}"
-    print(f"{r['preset']:<7}{r['params'] / 1e6:>7.1f}M{r['batch']:>7}{r['seconds']:>10.3f}"
-          f"{r['tokens_per_sec']:>10.0f}{peer}")
-
-  result = dict(benchmark="sampling", config=bench.to_dict(), jax_version=jax.__version__,
-                backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-                device_count=jax.device_count(), cpu_count=os.cpu_count(),
-                time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), rows=rows)
-  os.makedirs(os.path.dirname(bench.output) or ".", exist_ok=True)
-  with open(bench.output, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"\nwrote {bench.output}")
+  exported = set()
+  for spec in row_specs(bench):
+    weights = os.path.join(bench.weights_dir, spec["preset"])
+    if bench.peer_python and spec["preset"] not in exported:
+      harness.run_worker(sys.executable, "selfimprove_generate.py",
+                         [f"--preset={spec['preset']}", f"--seed={bench.seed}",
+                          f"--export_hf={weights}"])
+      exported.add(spec["preset"])
+    rows.append(summarize(spec, measure_row(spec, bench, weights), bench, peak_gflops))
+  # The peak again at the end: a drift between the two says the machine changed under the run.
+  peak_end = harness.matmul_peak(None, bench.matmul_size, bench.matmul_calls)
+  print_rows(rows, peak, bench)
+  print(f"jax matmul peak at the end of the run: {peak_end['jax']['median_gflops']:.0f} GFLOP/s; "
+        f"1-minute load at the start {start['load_1m']:.2f} (before any worker ran)")
+  harness.write_json(bench.output, dict(
+      benchmark="sampling", config=bench.to_dict(), machine=start, end=harness.load(),
+      matmul_peak=peak, matmul_peak_end=peak_end, rows=rows))
 
 
 if __name__ == "__main__":
