@@ -46,7 +46,8 @@ def measure_row(spec: dict, bench, weights: str) -> dict:
   args = [f"--prompts={spec['prompts']}", f"--samples_per_prompt={spec['samples']}",
           f"--prompt_len={bench.prompt_len}", f"--new_tokens={spec['new_tokens']}",
           f"--calls={bench.calls}", f"--seed={bench.seed}"]
-  sides = {"ours": (sys.executable, "selfimprove_generate.py", [f"--preset={spec['preset']}", *args])}
+  sides = {"ours": (sys.executable, "selfimprove_generate.py",
+                    [f"--preset={spec['preset']}", *args])}
   if bench.peer_python:
     sides["peer"] = (bench.peer_python, "transformers_generate.py", [f"--hf_dir={weights}", *args])
   return harness.alternate(sides, bench.rounds)
@@ -83,7 +84,8 @@ def print_rows(rows: list[dict], peak: dict, bench) -> None:
         f"GFLOP/s" + (f", torch {peak['torch']['median_gflops']:.0f} GFLOP/s" if "torch" in peak
                       else ""))
   header = ["preset", "row", "ours tok/s", "peer tok/s", "ours/peer", "floor s",
-            "ours % floor", "peer % floor", "ours warm-up s", "peer warm-up s", "same greedy tokens", "load 1m"]
+            "ours % floor", "peer % floor", "ours warm-up s", "peer warm-up s",
+            "same greedy tokens", "load 1m"]
   table = []
   for r in rows:
     ours, peer = r["ours"], r.get("peer")

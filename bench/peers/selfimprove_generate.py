@@ -1,0 +1,83 @@
+"""Worker: our sampler (`selfimprove.sampling.make_sampler`) on one row's shapes, in this process.
+
+    .venv/bin/python bench/peers/selfimprove_generate.py --preset=tiny --prompts=8 --calls=3
+    .venv/bin/python bench/peers/selfimprove_generate.py --preset=tiny --export_hf=/tmp/w/tiny
+
+Random weights from `init_model(preset, seed)`; prompts are seeded numpy ids in [3, vocab)
+(the PyTorch peer draws the same ones). Greedy unless --samples_per_prompt > 1, which
+samples at temperature 1 with no top-k / top-p (the GRPO-shaped row). No stop tokens: every
+row decodes all --new_tokens (checked). Prints one JSON line: the warm-up call's seconds
+(compilation included) and each timed call's. With --export_hf, writes the same weights as
+a Hugging Face folder for the peers and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from selfimprove.models import get_preset, init_model  # noqa: E402
+from selfimprove.sampling import SamplingConfig, make_sampler  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--preset", required=True)
+  parser.add_argument("--prompts", type=int, default=1)
+  parser.add_argument("--samples_per_prompt", type=int, default=1)
+  parser.add_argument("--prompt_len", type=int, default=32)
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--calls", type=int, default=3)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--export_hf", default="")
+  args = parser.parse_args()
+
+  config = get_preset(args.preset)
+  graphdef, params = init_model(config, seed=args.seed)
+  if args.export_hf:
+    from selfimprove.models.hf import save_hf
+    save_hf(args.export_hf, config, params, family="llama")
+    print(json.dumps(dict(exported=args.export_hf, params=config.num_params,
+                          warmup_seconds=[0.0], call_seconds=[])))
+    return
+
+  n = args.samples_per_prompt
+  sampler = make_sampler(graphdef, SamplingConfig(
+      max_new_tokens=args.new_tokens, greedy=n == 1, temperature=1.0, num_samples_per_prompt=n))
+  prompts = np.random.default_rng(args.seed).integers(
+      3, config.vocab_size, (args.prompts, args.prompt_len)).astype(np.int32)
+  mask = np.ones_like(prompts, bool)
+  key = jax.random.key(args.seed)
+
+  def call():
+    rollout = sampler(params, prompts, mask, key)
+    jax.block_until_ready(rollout.tokens)
+    return rollout
+
+  start = time.perf_counter()
+  rollout = call()
+  warmup = [time.perf_counter() - start]
+  assert int(rollout.num_decode_steps) == args.new_tokens, "a row stopped early"
+  assert bool(rollout.completion_mask.all()), "every row must generate every new token"
+  times = []
+  for _ in range(args.calls):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  print(json.dumps(dict(
+      library="selfimprove", jax=jax.__version__, backend=jax.default_backend(),
+      rows=int(rollout.tokens.shape[0]), new_tokens=args.new_tokens,
+      first_row_tokens=np.asarray(rollout.tokens[0]).tolist(),
+      warmup_seconds=warmup, call_seconds=times)))
+
+
+if __name__ == "__main__":
+  main()
