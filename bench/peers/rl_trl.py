@@ -31,6 +31,8 @@ import torch
 import transformers
 import trl
 
+from shapes import addition_reward  # noqa: E402  (bench/peers/, the script's directory)
+
 ALPHABET = "0123456789+-*="
 SHAPE = dict(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
              num_attention_heads=8, num_key_value_heads=4, head_dim=32, rope_theta=10_000.0,
@@ -52,13 +54,6 @@ def make_tokenizer(vocab_size: int) -> transformers.PreTrainedTokenizerFast:
       tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def addition_reward(prompts, completions, **kwargs) -> list[float]:
-  """1.0 when the completion starts with the sum of the prompt's two numbers, else 0.0."""
-  rewards = []
-  for prompt, completion in zip(prompts, completions):
-    a, b = prompt.rstrip("=").split("+")
-    rewards.append(float(completion.strip().startswith(str(int(a) + int(b)))))
-  return rewards
 
 
 class StepTimer(transformers.TrainerCallback):

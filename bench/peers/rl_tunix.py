@@ -34,6 +34,8 @@ from tunix.rl import rl_cluster as rl_cluster_lib
 from tunix.rl.grpo import grpo_learner
 from tunix.rl.rollout import base_rollout
 
+from shapes import addition_reward  # noqa: E402  (bench/peers/, the script's directory)
+
 ALPHABET = "0123456789+-*="
 NUM_PROMPTS, GROUP_SIZE, MAX_NEW_TOKENS, BETA = 8, 8, 16, 0.04
 PAD, BOS, EOS = 0, 1, 2
@@ -63,13 +65,6 @@ class CharTokenizer:
     return PAD
 
 
-def addition_reward(prompts, completions, **kwargs) -> list[float]:
-  """1.0 when the completion starts with the sum of the prompt's two numbers, else 0.0."""
-  rewards = []
-  for prompt, completion in zip(prompts, completions):
-    a, b = prompt.rstrip("=").split("+")
-    rewards.append(float(completion.strip().startswith(str(int(a) + int(b)))))
-  return rewards
 
 
 def main():

@@ -27,16 +27,13 @@ import numpy as np  # noqa: E402
 from selfimprove.models import get_preset, init_model  # noqa: E402
 from selfimprove.sampling import SamplingConfig, make_sampler  # noqa: E402
 
+from shapes import add_generation_flags  # noqa: E402  (bench/peers/, the script's directory)
+
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--preset", required=True)
-  parser.add_argument("--prompts", type=int, default=1)
-  parser.add_argument("--samples_per_prompt", type=int, default=1)
-  parser.add_argument("--prompt_len", type=int, default=32)
-  parser.add_argument("--new_tokens", type=int, default=64)
-  parser.add_argument("--calls", type=int, default=3)
-  parser.add_argument("--seed", type=int, default=0)
+  add_generation_flags(parser)
   parser.add_argument("--export_hf", default="")
   args = parser.parse_args()
 

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import transformers
 
+from shapes import add_generation_flags  # noqa: E402  (bench/peers/, the script's directory)
+
 
 def build_model(args) -> transformers.LlamaForCausalLM:
   if args.hf_dir:
@@ -46,12 +48,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--hf_dir", default="")
   parser.add_argument("--model_json", default="")
-  parser.add_argument("--prompts", type=int, default=1)
-  parser.add_argument("--samples_per_prompt", type=int, default=1)
-  parser.add_argument("--prompt_len", type=int, default=32)
-  parser.add_argument("--new_tokens", type=int, default=64)
-  parser.add_argument("--calls", type=int, default=3)
-  parser.add_argument("--seed", type=int, default=0)
+  add_generation_flags(parser)
   args = parser.parse_args()
   if not (args.hf_dir or args.model_json):
     parser.error("give --hf_dir or --model_json")
