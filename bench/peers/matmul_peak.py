@@ -12,19 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
-
-def _timer(call, calls: int) -> tuple[list[float], list[float]]:
-  start = time.perf_counter()
-  call()
-  warmup = [time.perf_counter() - start]
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
-  return warmup, times
+from shapes import time_calls  # bench/peers/, the script's directory
 
 
 def main() -> None:
@@ -47,7 +36,7 @@ def main() -> None:
     a, b = torch.randn(n, n), torch.randn(n, n)
     call = lambda: torch.mm(a, b)  # noqa: E731
     version, threads = torch.__version__, torch.get_num_threads()
-  warmup, times = _timer(call, args.calls)
+  _, warmup, times = time_calls(call, args.calls)
   gflops = [2 * n ** 3 / t / 1e9 for t in times]
   print(json.dumps(dict(lib=args.lib, version=version, threads=threads, size=n,
                         warmup_seconds=warmup, call_seconds=times,

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -27,7 +26,7 @@ import numpy as np  # noqa: E402
 from selfimprove.models import get_preset, init_model  # noqa: E402
 from selfimprove.sampling import SamplingConfig, make_sampler  # noqa: E402
 
-from shapes import add_generation_flags  # noqa: E402  (bench/peers/, the script's directory)
+from shapes import add_generation_flags, time_calls  # noqa: E402  (bench/peers/, the script's directory)
 
 
 def main() -> None:
@@ -59,16 +58,9 @@ def main() -> None:
     jax.block_until_ready(rollout.tokens)
     return rollout
 
-  start = time.perf_counter()
-  rollout = call()
-  warmup = [time.perf_counter() - start]
+  rollout, warmup, times = time_calls(call, args.calls)
   assert int(rollout.num_decode_steps) == args.new_tokens, "a row stopped early"
   assert bool(rollout.completion_mask.all()), "every row must generate every new token"
-  times = []
-  for _ in range(args.calls):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
   print(json.dumps(dict(
       library="selfimprove", jax=jax.__version__, backend=jax.default_backend(),
       rows=int(rollout.tokens.shape[0]), new_tokens=args.new_tokens,

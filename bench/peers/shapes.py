@@ -4,6 +4,7 @@ module imports nothing else): the generation shape flags and the RL benchmark's 
 from __future__ import annotations
 
 import argparse
+import time
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -24,3 +25,16 @@ def addition_reward(prompts, completions, **kwargs) -> list[float]:
     a, b = prompt.rstrip("=").split("+")
     rewards.append(float(completion.strip().startswith(str(int(a) + int(b)))))
   return rewards
+
+
+def time_calls(call, calls: int):
+  """(the warm-up call's result, [its seconds], [the seconds of each of `calls` timed calls])."""
+  start = time.perf_counter()
+  result = call()
+  warmup = [time.perf_counter() - start]
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return result, warmup, times

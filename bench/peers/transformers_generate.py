@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 import transformers
 
-from shapes import add_generation_flags  # noqa: E402  (bench/peers/, the script's directory)
+from shapes import add_generation_flags, time_calls  # noqa: E402  (bench/peers/, the script's directory)
 
 
 def build_model(args) -> transformers.LlamaForCausalLM:
@@ -70,15 +69,8 @@ def main() -> None:
     with torch.inference_mode():
       return model.generate(prompts, attention_mask=torch.ones_like(prompts), **options)
 
-  start = time.perf_counter()
-  out = call()
-  warmup = [time.perf_counter() - start]
+  out, warmup, times = time_calls(call, args.calls)
   assert tuple(out.shape) == (args.prompts * n, args.prompt_len + args.new_tokens), out.shape
-  times = []
-  for _ in range(args.calls):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
   print(json.dumps(dict(
       library="transformers", transformers=transformers.__version__, torch=torch.__version__,
       torch_threads=torch.get_num_threads(), attn_implementation=model.config._attn_implementation,
