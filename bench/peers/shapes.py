@@ -1,5 +1,6 @@
 """Standard-library pieces the workers share (each worker runs in its own virtualenv, so this
-module imports nothing else): the generation shape flags and the RL benchmark's reward."""
+module imports nothing else): the generation shape flags, the timing loop and the RL
+benchmark's reward."""
 
 from __future__ import annotations
 
