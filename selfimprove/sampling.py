@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from selfimprove.models.kv_cache import init_cache
+from selfimprove.models.kv_cache import init_cache, repeat_rows
 from selfimprove.models.transformer import Transformer
 
 
@@ -165,15 +165,23 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
   n = config.num_samples_per_prompt
   if is_key_per_row(rng):
     rng = keys_per_sample(rng, n)
-  prompt_tokens = jnp.repeat(prompt_tokens.astype(jnp.int32), n, axis=0)
-  prompt_mask = jnp.repeat(prompt_mask.astype(bool), n, axis=0)
-  rows, prompt_len = prompt_tokens.shape
+  prompt_tokens = prompt_tokens.astype(jnp.int32)
+  prompt_mask = prompt_mask.astype(bool)
+  batch, prompt_len = prompt_tokens.shape
   max_new = config.max_new_tokens
 
-  cache = init_cache(model.config, rows, prompt_len + max_new)
+  # Each prompt is prefilled once; its cache and last logits are then repeated
+  # for its n samples (row = prompt * n + j), which diverge from the first token.
+  cache = init_cache(model.config, batch, prompt_len + max_new)
   logits, cache = model(prompt_tokens, prompt_mask, cache)
   last_real = prompt_len - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=1)
-  first_logits = logits[jnp.arange(rows), last_real]          # [rows, vocab]
+  first_logits = logits[jnp.arange(batch), last_real]         # [batch, vocab]
+  if n > 1:
+    cache = repeat_rows(cache, n)
+    first_logits = jnp.repeat(first_logits, n, axis=0)
+    prompt_tokens = jnp.repeat(prompt_tokens, n, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask, n, axis=0)
+  rows = batch * n
 
   token, logprob = choose_tokens(first_logits, fold_in(rng, 0), config)
   tokens = jnp.full((rows, max_new), config.pad_token_id, jnp.int32).at[:, 0].set(token)

@@ -1,5 +1,7 @@
 """The sampler against full forward passes: greedy, log-probs, filters, stops, keys."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from flax import nnx
 
 from selfimprove.models import init_model
+from selfimprove.models.transformer import Transformer
 from selfimprove.objectives import token_logprobs
 from selfimprove.sampling import SamplingConfig, make_sampler, sample
 
@@ -102,6 +105,39 @@ def test_samples_are_grouped_by_prompt(model_and_prompts):
   np.testing.assert_array_equal(rollout.prompt_tokens, np.repeat(prompts, 3, axis=0))
   np.testing.assert_array_equal(rollout.prompt_mask, np.repeat(mask, 3, axis=0))
   assert rollout.tokens.shape == (9, 4)
+
+
+def test_each_prompt_is_prefilled_once_not_once_per_sample(model_and_prompts, monkeypatch):
+  """The model sees the prompts once ([batch, prompt_len]); decoding runs on batch * n rows."""
+  graphdef, params, prompts, mask = model_and_prompts
+  calls = []
+  original = Transformer.__call__
+
+  def recording_call(self, tokens, input_mask, cache=None, **kwargs):
+    calls.append(tuple(tokens.shape))
+    return original(self, tokens, input_mask, cache, **kwargs)
+
+  monkeypatch.setattr(Transformer, "__call__", recording_call)
+  config = SamplingConfig(max_new_tokens=4, num_samples_per_prompt=3)
+  jax.make_jaxpr(lambda p: sample(nnx.merge(graphdef, p), prompts, mask, jax.random.key(0),
+                                  config))(params)
+  assert calls == [(3, 6), (9, 1)]   # one prefill of the 3 prompts, one traced decode step
+
+
+def test_repeated_prefill_gives_each_sample_the_prompts_own_cache(model_and_prompts):
+  """n samples of a prompt decode exactly as n copies of the prompt prefilled one by one would."""
+  graphdef, params, prompts, mask = model_and_prompts
+  n = 3
+  greedy = SamplingConfig(max_new_tokens=5, greedy=True)
+  once = make_sampler(graphdef, dataclasses.replace(greedy, num_samples_per_prompt=n))(
+      params, prompts, mask, jax.random.key(0))
+  copies = make_sampler(graphdef, greedy)(
+      params, np.repeat(prompts, n, axis=0), np.repeat(mask, n, axis=0), jax.random.key(0))
+  np.testing.assert_array_equal(once.tokens, copies.tokens)
+  np.testing.assert_allclose(once.logprobs, copies.logprobs, atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(once.prompt_tokens, copies.prompt_tokens)
+  _, rescored = _rescored(graphdef, params, once)
+  np.testing.assert_allclose(once.logprobs, rescored, atol=1e-5, rtol=1e-5)
 
 
 def test_stop_tokens_mask_the_rest_and_end_the_loop_early(model_and_prompts):

@@ -48,3 +48,12 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
       lengths=jnp.zeros((batch_size,), jnp.int32),
       index=jnp.zeros((), jnp.int32),
   )
+
+
+def repeat_rows(cache: KVCache, n: int) -> KVCache:
+  """Each row of the cache n times in a row (row i -> rows i*n .. i*n + n-1), as jnp.repeat."""
+  return cache._replace(
+      key=jnp.repeat(cache.key, n, axis=1),
+      value=jnp.repeat(cache.value, n, axis=1),
+      slot_mask=jnp.repeat(cache.slot_mask, n, axis=0),
+      lengths=jnp.repeat(cache.lengths, n, axis=0))

@@ -113,7 +113,7 @@ def test_the_step_runs_exactly_the_forward_passes_it_needs(monkeypatch, kl_coef,
   assert set(state.extra) == ({"ref_params"} if kl_coef else set())
   rows, prompt_len, new = 2 * 4, task.prompt_len, pipeline.max_new_tokens
   judge_len = 1 + prompt_len + new + 1      # template pieces: <bos>, "", "="
-  expected = [((rows, prompt_len), True), ((rows, 1), True)]      # the sampler
+  expected = [((2, prompt_len), True), ((rows, 1), True)]  # the sampler: prefill once per prompt
   expected += [((rows, judge_len), False)] * judge                # the judge (current policy)
   expected += [((rows, prompt_len + new), False)] * (kl_coef > 0)  # the reference
   expected += [((rows, prompt_len + new), False)]                 # the policy, with gradients
