@@ -172,8 +172,11 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
 
   # Each prompt is prefilled once; its cache and last logits are then repeated
   # for its n samples (row = prompt * n + j), which diverge from the first token.
-  cache = init_cache(model.config, batch, prompt_len + max_new)
-  logits, cache = model(prompt_tokens, prompt_mask, cache)
+  # Per-layer cache buffers and per-layer weights taken once, before the loop:
+  # a decode step then reads every weight and cache entry where it lies.
+  layers = model.unstacked_layers()
+  cache = init_cache(model.config, batch, prompt_len + max_new, per_layer=True)
+  logits, cache = model(prompt_tokens, prompt_mask, cache, layers=layers)
   last_real = prompt_len - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=1)
   first_logits = logits[jnp.arange(batch), last_real]         # [batch, vocab]
   if n > 1:
@@ -197,7 +200,7 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     step, cache, tokens, logprobs, completion_mask, done = carry
     previous = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1)            # [rows, 1]
     previous_real = jax.lax.dynamic_index_in_dim(completion_mask, step - 1, axis=1)
-    logits, cache = model(previous, previous_real, cache)
+    logits, cache = model(previous, previous_real, cache, layers=layers)
     token, logprob = choose_tokens(logits[:, 0], fold_in(rng, step), config)
     token = jnp.where(done, config.pad_token_id, token)
     logprob = jnp.where(done, 0.0, logprob)

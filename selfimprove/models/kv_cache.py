@@ -18,8 +18,16 @@ from selfimprove.models.config import TransformerConfig
 
 
 class KVCache(NamedTuple):
-  key: jax.Array        # [layers, batch, kv_heads, max_len, head_dim]
-  value: jax.Array      # [layers, batch, kv_heads, max_len, head_dim]
+  """Keys and values of every layer: stacked ([layers, batch, kv_heads, max_len, head_dim]) or,
+  with `init_cache(..., per_layer=True)`, a tuple of one such [batch, ...] buffer per layer.
+
+  Per-layer buffers are what a decode loop wants: each layer writes its new key
+  and value into its own buffer in place and reads that buffer whole, where a
+  stacked cache makes XLA slice (copy) the layer out of the stack on every step.
+  """
+
+  key: jax.Array | tuple[jax.Array, ...]
+  value: jax.Array | tuple[jax.Array, ...]
   slot_mask: jax.Array  # [batch, max_len] bool: the slot holds a real token
   lengths: jax.Array    # [batch] int32: real tokens written so far
   index: jax.Array      # [] int32: next slot to write
@@ -28,22 +36,32 @@ class KVCache(NamedTuple):
   def max_len(self) -> int:
     return self.slot_mask.shape[1]
 
+  @property
+  def per_layer(self) -> bool:
+    return isinstance(self.key, tuple)
+
 
 CACHE_AXES = ("layers", "batch", "act_kv_heads", "cache_seq", None)
 
 
 def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
-               dtype: jnp.dtype | None = None) -> KVCache:
+               dtype: jnp.dtype | None = None, *, per_layer: bool = False) -> KVCache:
   """An empty cache for `batch_size` rows of up to `max_len` tokens in total.
 
   Writing past `max_len` is not checked in-graph; the sampler sizes the cache
-  as prompt length + max_new_tokens.
+  as prompt length + max_new_tokens. `per_layer`: one buffer per layer (see KVCache).
   """
   dtype = config.compute_dtype if dtype is None else dtype
-  shape = (config.num_layers, batch_size, config.num_kv_heads, max_len, config.head_dim)
+  layer_shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+  if per_layer:
+    key = tuple(jnp.zeros(layer_shape, dtype) for _ in range(config.num_layers))
+    value = tuple(jnp.zeros(layer_shape, dtype) for _ in range(config.num_layers))
+  else:
+    key = jnp.zeros((config.num_layers, *layer_shape), dtype)
+    value = jnp.zeros((config.num_layers, *layer_shape), dtype)
   return KVCache(
-      key=jnp.zeros(shape, dtype),
-      value=jnp.zeros(shape, dtype),
+      key=key,
+      value=value,
       slot_mask=jnp.zeros((batch_size, max_len), bool),
       lengths=jnp.zeros((batch_size,), jnp.int32),
       index=jnp.zeros((), jnp.int32),
@@ -52,8 +70,12 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
 
 def repeat_rows(cache: KVCache, n: int) -> KVCache:
   """Each row of the cache n times in a row (row i -> rows i*n .. i*n + n-1), as jnp.repeat."""
+  if cache.per_layer:
+    repeat_kv = lambda buffers: tuple(jnp.repeat(b, n, axis=0) for b in buffers)
+  else:
+    repeat_kv = lambda stacked: jnp.repeat(stacked, n, axis=1)
   return cache._replace(
-      key=jnp.repeat(cache.key, n, axis=1),
-      value=jnp.repeat(cache.value, n, axis=1),
+      key=repeat_kv(cache.key),
+      value=repeat_kv(cache.value),
       slot_mask=jnp.repeat(cache.slot_mask, n, axis=0),
       lengths=jnp.repeat(cache.lengths, n, axis=0))

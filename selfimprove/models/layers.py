@@ -147,21 +147,26 @@ class Attention(nnx.Module):
       attention_mask: [batch, seq, kv_len] bool; kv_len is seq without a cache,
         the cache length with one.
       cache: (key, value, layer, index): the stacked caches of all layers, each
-        [layers, batch, kv_heads, max_len, head_dim], this layer's index, and
-        the slot where x's first token is written.
+        [layers, batch, kv_heads, max_len, head_dim], and this layer's index;
+        or this layer's own [batch, kv_heads, max_len, head_dim] buffers and
+        layer None. `index` is the slot where x's first token is written.
 
     Returns:
-      [batch, seq, embed] output, and the stacked (key, value) caches with x's
-      keys and values written in (None without a cache).
+      [batch, seq, embed] output, and the (key, value) caches, as given, with
+      x's keys and values written in (None without a cache).
     """
     cfg = self.config
     dt = cfg.compute_dtype
     rules = cfg.sharding_rules
     batch, seq = x.shape[:2]
     groups = cfg.num_heads // cfg.num_kv_heads
-    q = _project(self, "q_proj", "bte,ehd->bhtd", x)
-    k = _project(self, "k_proj", "bte,ekd->bktd", x)
-    v = _project(self, "v_proj", "bte,ekd->bktd", x)
+    # Project sequence-major (a plain [tokens, embed] @ [embed, heads * head_dim]
+    # matmul on the weights as stored), then move heads before the sequence:
+    # projecting straight to head-major makes XLA transpose the weights on every
+    # call, inside a decode loop on every step.
+    q = jnp.swapaxes(_project(self, "q_proj", "bte,ehd->bthd", x), 1, 2)
+    k = jnp.swapaxes(_project(self, "k_proj", "bte,ekd->btkd", x), 1, 2)
+    v = jnp.swapaxes(_project(self, "v_proj", "bte,ekd->btkd", x), 1, 2)
     if cfg.attention_bias:
       q = q + self.q_bias[...].astype(dt)[None, :, None, :]
       k = k + self.k_bias[...].astype(dt)[None, :, None, :]
@@ -177,12 +182,15 @@ class Attention(nnx.Module):
       # Write first, then read this layer back: reading before writing makes
       # XLA copy the whole stacked cache on every layer of every decode step.
       key_cache, value_cache, layer, index = cache
-      start = (layer, 0, 0, index, 0)
-      key_cache = jax.lax.dynamic_update_slice(key_cache, k[None].astype(key_cache.dtype), start)
-      value_cache = jax.lax.dynamic_update_slice(value_cache, v[None].astype(value_cache.dtype), start)
+      if layer is None:     # this layer's own buffers
+        start, k, v = (0, 0, index, 0), k, v
+      else:                 # the stacked buffers of all layers
+        start, k, v = (layer, 0, 0, index, 0), k[None], v[None]
+      key_cache = jax.lax.dynamic_update_slice(key_cache, k.astype(key_cache.dtype), start)
+      value_cache = jax.lax.dynamic_update_slice(value_cache, v.astype(value_cache.dtype), start)
       new_cache = (key_cache, value_cache)
-      k = key_cache[layer].astype(dt)
-      v = value_cache[layer].astype(dt)
+      k = (key_cache if layer is None else key_cache[layer]).astype(dt)
+      v = (value_cache if layer is None else value_cache[layer]).astype(dt)
     # Query head h uses KV head h // groups, as in HF's repeat_kv: fold the
     # group into the query rows, [batch, kv_heads, groups * seq, head_dim].
     q = q.reshape(batch, cfg.num_kv_heads, groups * seq, cfg.head_dim)
@@ -194,8 +202,8 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     probs = probs.reshape(batch, cfg.num_kv_heads, groups * seq, -1)
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
-    out = out.reshape(batch, cfg.num_heads, seq, cfg.head_dim)
-    y = _project(self, "o_proj", "bhtd,hde->bte", out)
+    out = jnp.swapaxes(out.reshape(batch, cfg.num_heads, seq, cfg.head_dim), 1, 2)
+    y = _project(self, "o_proj", "bthd,hde->bte", out)
     if cfg.attention_out_bias:
       y = y + self.o_bias[...].astype(dt)
     return y, new_cache

@@ -82,9 +82,20 @@ class Transformer(nnx.Module):
           rngs, jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
           (config.embed_dim, config.vocab_size), ("embed", "vocab"), pd)
 
+  def unstacked_layers(self) -> tuple[nnx.State, ...]:
+    """The blocks' parameters one layer at a time (a tuple of per-layer States).
+
+    A loop that calls the model many times (decoding) takes these once, before
+    the loop, and passes them as `layers=`: each call then reads every weight
+    where it lies, instead of slicing (copying) each layer out of the stack.
+    """
+    _, block_params = nnx.split(self.blocks)
+    return tuple(jax.tree.map(lambda p, i=i: p[i], block_params)
+                 for i in range(self.config.num_layers))
+
   def __call__(self, tokens: jax.Array, input_mask: jax.Array,
-               cache: KVCache | None = None, *, return_hidden: bool = False
-               ) -> tuple[jax.Array, KVCache | None]:
+               cache: KVCache | None = None, *, return_hidden: bool = False,
+               layers: tuple | None = None) -> tuple[jax.Array, KVCache | None]:
     """Runs the model over `tokens`.
 
     Args:
@@ -98,6 +109,9 @@ class Transformer(nnx.Module):
 
       return_hidden: return the last hidden states (after the final norm, the
         `last_hidden_state` of a Hugging Face model body) instead of the logits.
+      layers: `self.unstacked_layers()`, taken once outside a decode loop; only
+        with a per-layer cache (`init_cache(..., per_layer=True)`), which runs
+        the blocks one by one.
 
     Returns:
       logits [batch, seq, vocab] float32 (or hidden states [batch, seq, embed_dim]
@@ -143,11 +157,23 @@ class Transformer(nnx.Module):
     if cfg.remat != "none":
       run_block = jax.checkpoint(run_block, policy=_REMAT_POLICIES[cfg.remat])
 
+    if layers is not None and (cache is None or not cache.per_layer):
+      raise ValueError("Transformer: `layers=` goes with a per-layer KV cache "
+                       "(init_cache(..., per_layer=True)).")
     if cache is None:
       x = self._run_blocks_without_cache(run_block, x, block_params, local_layers)
       new_cache = None
+    elif cache.per_layer:
+      if layers is None:
+        layers = self.unstacked_layers()
+      key, value = list(cache.key), list(cache.value)
+      for i, layer_params in enumerate(layers):
+        x, (key[i], value[i]) = run_block(x, layer_params, local_layers[i],
+                                          (key[i], value[i], None, cache.index))
+      key, value = tuple(key), tuple(value)
     else:
       x, key, value = self._run_blocks_with_cache(run_block, x, block_params, local_layers, cache)
+    if cache is not None:
       new_cache = KVCache(key=key, value=value, slot_mask=key_valid,
                           lengths=cache.lengths + input_mask.sum(axis=1, dtype=jnp.int32),
                           index=cache.index + seq)

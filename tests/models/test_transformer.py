@@ -52,8 +52,9 @@ def test_padding_does_not_change_real_tokens_logits(small_config):
     np.testing.assert_allclose(padded_logits[row][mask[row]], alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_kv_cache_decoding_matches_full_forward(small_config, scan_layers):
+@pytest.mark.parametrize("scan_layers, per_layer", [(True, False), (False, False), (True, True)])
+def test_kv_cache_decoding_matches_full_forward(small_config, scan_layers, per_layer):
+  """Stacked or per-layer cache buffers (the sampler's, with the layers unstacked once)."""
   config = small_config.replace(scan_layers=scan_layers)
   graphdef, params = init_model(config)
   tokens, mask = _padded_batch(config.vocab_size)
@@ -61,9 +62,12 @@ def test_kv_cache_decoding_matches_full_forward(small_config, scan_layers):
 
   @jax.jit
   def extend(params, tokens, mask, cache):
-    return nnx.merge(graphdef, params)(tokens, mask, cache)
+    model = nnx.merge(graphdef, params)
+    layers = model.unstacked_layers() if per_layer else None
+    return model(tokens, mask, cache, layers=layers)
 
-  cache = init_cache(config, tokens.shape[0], max_len=tokens.shape[1] + 2)
+  cache = init_cache(config, tokens.shape[0], max_len=tokens.shape[1] + 2, per_layer=per_layer)
+  assert cache.per_layer == per_layer
   pieces = []
   # Prefill 5 tokens at once, then 2, then one token at a time.
   for start, stop in [(0, 5), (5, 7)] + [(t, t + 1) for t in range(7, tokens.shape[1])]:
@@ -73,6 +77,23 @@ def test_kv_cache_decoding_matches_full_forward(small_config, scan_layers):
   np.testing.assert_allclose(incremental[mask], full[mask], atol=1e-5, rtol=1e-5)
   assert int(cache.index) == tokens.shape[1]
   np.testing.assert_array_equal(cache.lengths, mask.sum(1))
+
+
+def test_per_layer_and_stacked_caches_hold_the_same_keys_and_values(small_config):
+  graphdef, params = init_model(small_config)
+  tokens, mask = _padded_batch(small_config.vocab_size)
+  model = nnx.merge(graphdef, params)
+  caches = {}
+  for per_layer in (False, True):
+    cache = init_cache(small_config, tokens.shape[0], max_len=tokens.shape[1], per_layer=per_layer)
+    _, caches[per_layer] = model(tokens[:, :5], mask[:, :5], cache)
+  stacked, per_layer = caches[False], caches[True]
+  np.testing.assert_allclose(stacked.key, jnp.stack(per_layer.key), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(stacked.value, jnp.stack(per_layer.value), atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(stacked.slot_mask, per_layer.slot_mask)
+  with pytest.raises(ValueError, match="per-layer KV cache"):
+    model(tokens, mask, init_cache(small_config, tokens.shape[0], tokens.shape[1]),
+          layers=model.unstacked_layers())
 
 
 def test_scan_and_unrolled_layers_share_parameters_and_outputs(small_config):
