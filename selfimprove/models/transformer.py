@@ -136,7 +136,11 @@ class Transformer(nnx.Module):
     local_mask = self._sliding_window_mask(global_mask, positions, key_valid)
     local_layers = jnp.asarray(cfg.local_layers)                 # [layers] bool
 
-    x = self.embedding[...].astype(cfg.compute_dtype)[tokens]
+    # Gather the table's embed dimension first (as FSDP gathers every weight):
+    # a lookup into an embed-sharded table yields embed-sharded activations, and
+    # resharding those to batch-sharded makes XLA replicate them whole.
+    table = constrain(self.embedding[...], ("vocab", None), rules)
+    x = table.astype(cfg.compute_dtype)[tokens]
     if cfg.scale_embeddings:
       # In the compute dtype, as HF does (sqrt(3072) is 55.5 in bfloat16).
       x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.compute_dtype)
