@@ -2,7 +2,7 @@
 
 A relaunch in the same workdir continues the same run. It may change how the
 run is carried out (the fields in RELAUNCH_MAY_CHANGE: the number of steps, the
-log/eval/checkpoint intervals, the mesh, eval batching, remat); every other
+log/eval/checkpoint intervals, the mesh, eval batching, remat, scanned or unrolled layers); every other
 config field defines the run (model, task, data settings, tokenizer, pipeline,
 optimizer, seeds), and so does the data itself (a fingerprint of every
 example's text). A relaunch that changes any of them is refused in one line
@@ -23,7 +23,7 @@ RELAUNCH_MAY_CHANGE = (
     "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpoints", "train.steps_per_call",
     "train.max_consecutive_skips", "train.eval_at_start", "mesh", "eval.batch_size",
-    "model.remat",
+    "model.remat", "model.scan_layers",
     # A finished warm start is not run again; its own workdir checks its own config.
     "warm_start")
 

@@ -120,7 +120,8 @@ def test_a_relaunch_with_other_settings_is_refused_and_touches_nothing(tmp_path)
   assert (tmp_path / "config.json").read_bytes() == config_json
   assert not (tmp_path / "config.2.json").exists()
   # What may change does: more steps and other intervals continue the run, and are recorded.
-  more = launch(workdir, "--config.train.num_steps=8", "--config.train.log_every=4")
+  more = launch(workdir, "--config.train.num_steps=8", "--config.train.log_every=4",
+                "--config.model.scan_layers=true")
   assert more.returncode == 0, more.stderr[-3000:]
   assert "Resuming from checkpoint at step 4" in more.stderr and final_params(workdir)[0] == 8
   assert json.loads((tmp_path / "config.2.json").read_text())["train"]["num_steps"] == 8
