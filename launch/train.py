@@ -157,4 +157,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from selfimprove.host_memory import reexec_with_huge_pages
+  reexec_with_huge_pages()   # once, before any work: XLA's per-call host buffers on huge pages
   app.run(main, flags_parser=parse_flags)

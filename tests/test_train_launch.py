@@ -4,6 +4,7 @@ import os
 import signal
 import time
 
+from selfimprove.host_memory import environment_with_huge_pages
 from tests.train_helpers import assert_trees_equal, final_params, launch, read_metrics
 
 def _wait_for_checkpoint(proc, workdir, timeout=300):
@@ -59,6 +60,10 @@ def test_sigterm_checkpoints_exits_zero_and_relaunch_continues(tmp_path):
     assert proc.poll() is None, proc.stdout.read()
     assert time.time() - start < 300, "no metrics within 5 minutes"
     time.sleep(0.2)
+  if environment_with_huge_pages(os.environ) is not None:   # Linux, glibc, THP on: it re-exec'd
+    with open(f"/proc/{proc.pid}/environ", "rb") as f:   # (same pid, so SIGTERM still reaches it)
+      environment = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    assert environment[b"GLIBC_TUNABLES"].endswith(b"glibc.malloc.hugetlb=1")
   proc.send_signal(signal.SIGTERM)
   output = proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, output[-3000:]

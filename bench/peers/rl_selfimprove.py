@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from selfimprove.config_checks import validate_config  # noqa: E402
 from selfimprove.evaluation import device_batch  # noqa: E402
+from selfimprove.host_memory import reexec_with_huge_pages  # noqa: E402
 from selfimprove.run import build_run  # noqa: E402
 from selfimprove.train import _stack_batches, compile_steps  # noqa: E402
 
@@ -104,4 +105,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  reexec_with_huge_pages()   # as launch/train.py does (selfimprove/host_memory.py)
   app.run(main)

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from selfimprove.host_memory import reexec_with_huge_pages  # noqa: E402
 from selfimprove.models import get_preset, init_model  # noqa: E402
 from selfimprove.sampling import SamplingConfig, make_sampler  # noqa: E402
 
@@ -69,4 +70,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  reexec_with_huge_pages()   # as launch/train.py does (selfimprove/host_memory.py)
   main()

@@ -29,6 +29,7 @@ import dataclasses  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from selfimprove.host_memory import reexec_with_huge_pages  # noqa: E402
 from selfimprove.models import get_preset  # noqa: E402
 from selfimprove.run import build_run  # noqa: E402
 from selfimprove.train import compile_steps  # noqa: E402
@@ -87,4 +88,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  reexec_with_huge_pages()   # as launch/train.py does (selfimprove/host_memory.py)
   main()
