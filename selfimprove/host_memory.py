@@ -54,8 +54,11 @@ def reexec_with_huge_pages() -> None:
   """Restarts this process with `glibc.malloc.hugetlb=1` unless it has it (or cannot use it).
 
   Call it first thing in a script's `__main__`, before any work or thread: the process is
-  replaced by the same command line (same pid, arguments and interpreter flags).
+  replaced by the same command line (same pid, arguments and interpreter flags). Under a
+  debugger or tracer (`sys.gettrace()`) it does nothing, so a breakpoint session is not restarted.
   """
+  if sys.gettrace() is not None or not sys.orig_argv:
+    return   # under a debugger or tracer (which a restart would drop), or an embedded interpreter
   environment = environment_with_huge_pages(os.environ)
   if environment is None:
     return

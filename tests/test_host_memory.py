@@ -54,3 +54,18 @@ def test_a_script_restarts_once_as_the_same_process_with_the_same_arguments():
   pid = lines[0].split()[1]
   assert lines == [f"start {pid} ['--flag=1']", f"start {pid} ['--flag=1']",
                    f"running {pid} ['--flag=1'] glibc.malloc.hugetlb=1"]
+
+
+def test_no_restart_under_a_debugger_or_tracer():
+  environment = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  script = ("import os, sys\n"
+            f"sys.path.insert(0, {ROOT!r})\n"
+            "sys.settrace(lambda *args: None)\n"
+            "from selfimprove.host_memory import reexec_with_huge_pages\n"
+            "reexec_with_huge_pages()\n"
+            "sys.settrace(None)\n"
+            "print('running', os.environ.get('GLIBC_TUNABLES'))\n")
+  result = subprocess.run([sys.executable, "-c", script], env=environment,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines() == ["running None"]
