@@ -18,8 +18,13 @@ from selfimprove.models.config import TransformerConfig
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every layer: stacked ([layers, batch, kv_heads, max_len, head_dim]) or,
-  with `init_cache(..., per_layer=True)`, a tuple of one such [batch, ...] buffer per layer.
+  """Keys and values of every layer: stacked (keys [layers, batch, kv_heads, head_dim, max_len],
+  values [layers, batch, kv_heads, max_len, head_dim]) or, with `init_cache(..., per_layer=True)`,
+  a tuple of one such [batch, ...] buffer per layer.
+
+  Keys are stored transposed (slots last): a decode step's score matmul, q . k^T,
+  then reads them in the layout XLA:CPU's dot kernels take as they are; with
+  slots before head_dim that dot ran about 1.5x slower (bench/README.md).
 
   Per-layer buffers are what a decode loop wants: each layer writes its new key
   and value into its own buffer in place and reads that buffer whole, where a
@@ -41,9 +46,6 @@ class KVCache(NamedTuple):
     return isinstance(self.key, tuple)
 
 
-CACHE_AXES = ("layers", "batch", "act_kv_heads", "cache_seq", None)
-
-
 def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
                dtype: jnp.dtype | None = None, *, per_layer: bool = False) -> KVCache:
   """An empty cache for `batch_size` rows of up to `max_len` tokens in total.
@@ -52,13 +54,14 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int,
   as prompt length + max_new_tokens. `per_layer`: one buffer per layer (see KVCache).
   """
   dtype = config.compute_dtype if dtype is None else dtype
-  layer_shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+  value_shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+  key_shape = (batch_size, config.num_kv_heads, config.head_dim, max_len)
   if per_layer:
-    key = tuple(jnp.zeros(layer_shape, dtype) for _ in range(config.num_layers))
-    value = tuple(jnp.zeros(layer_shape, dtype) for _ in range(config.num_layers))
+    key = tuple(jnp.zeros(key_shape, dtype) for _ in range(config.num_layers))
+    value = tuple(jnp.zeros(value_shape, dtype) for _ in range(config.num_layers))
   else:
-    key = jnp.zeros((config.num_layers, *layer_shape), dtype)
-    value = jnp.zeros((config.num_layers, *layer_shape), dtype)
+    key = jnp.zeros((config.num_layers, *key_shape), dtype)
+    value = jnp.zeros((config.num_layers, *value_shape), dtype)
   return KVCache(
       key=key,
       value=value,

@@ -146,10 +146,11 @@ class Attention(nnx.Module):
       positions: [batch, seq] rotary positions.
       attention_mask: [batch, seq, kv_len] bool; kv_len is seq without a cache,
         the cache length with one.
-      cache: (key, value, layer, index): the stacked caches of all layers, each
-        [layers, batch, kv_heads, max_len, head_dim], and this layer's index;
-        or this layer's own [batch, kv_heads, max_len, head_dim] buffers and
-        layer None. `index` is the slot where x's first token is written.
+      cache: (key, value, layer, index): the stacked caches of all layers,
+        keys [layers, batch, kv_heads, head_dim, max_len] and values [layers,
+        batch, kv_heads, max_len, head_dim], and this layer's index; or this
+        layer's own buffers (the same without `layers`) and layer None.
+        `index` is the slot where x's first token is written.
 
     Returns:
       [batch, seq, embed] output, and the (key, value) caches, as given, with
@@ -181,20 +182,28 @@ class Attention(nnx.Module):
     if cache is not None:
       # Write first, then read this layer back: reading before writing makes
       # XLA copy the whole stacked cache on every layer of every decode step.
+      # Keys are cached transposed, [..., head_dim, max_len]: the score matmul
+      # then reads the cache in the form CPU dot kernels take without repacking.
       key_cache, value_cache, layer, index = cache
+      k = jnp.swapaxes(k, 2, 3)
       if layer is None:     # this layer's own buffers
-        start, k, v = (0, 0, index, 0), k, v
+        key_start, value_start = (0, 0, 0, index), (0, 0, index, 0)
       else:                 # the stacked buffers of all layers
-        start, k, v = (layer, 0, 0, index, 0), k[None], v[None]
-      key_cache = jax.lax.dynamic_update_slice(key_cache, k.astype(key_cache.dtype), start)
-      value_cache = jax.lax.dynamic_update_slice(value_cache, v.astype(value_cache.dtype), start)
+        key_start, value_start = (layer, 0, 0, 0, index), (layer, 0, 0, index, 0)
+        k, v = k[None], v[None]
+      key_cache = jax.lax.dynamic_update_slice(key_cache, k.astype(key_cache.dtype), key_start)
+      value_cache = jax.lax.dynamic_update_slice(value_cache, v.astype(value_cache.dtype),
+                                                 value_start)
       new_cache = (key_cache, value_cache)
-      k = (key_cache if layer is None else key_cache[layer]).astype(dt)
+      keys_t = (key_cache if layer is None else key_cache[layer]).astype(dt)
       v = (value_cache if layer is None else value_cache[layer]).astype(dt)
     # Query head h uses KV head h // groups, as in HF's repeat_kv: fold the
     # group into the query rows, [batch, kv_heads, groups * seq, head_dim].
     q = q.reshape(batch, cfg.num_kv_heads, groups * seq, cfg.head_dim)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    if cache is None:
+      scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    else:
+      scores = jnp.einsum("bkqd,bkds->bkqs", q, keys_t, preferred_element_type=jnp.float32)
     scores = scores.reshape(batch, cfg.num_kv_heads, groups, seq, -1) * cfg.attention_scale
     if cfg.attn_logit_softcap is not None:
       scores = jnp.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
