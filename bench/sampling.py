@@ -7,8 +7,11 @@ folder, so both libraries run the very same model; then every row alternates
 bench/peers/selfimprove_generate.py (this virtualenv) and bench/peers/transformers_generate.py
 (the peer's virtualenv). tok/s = rows x new tokens / median seconds of one call (prefill
 included). floor = the FLOPs the row needs (bench/peers/flops.py) / the jax f32 matmul peak
-measured at the start of this run; "% floor" = floor / measured time. Prints a markdown table
-and writes JSON (config.output). Not a test; see bench/README.md.
+measured at the start of this run; "% floor" = floor / measured time. "matmuls only s" is the
+row's projection and LM-head matmuls alone, at the row's own shapes, nothing else
+(bench/peers/matmuls_only.py, its own process, once per row); "ceiling" = floor / that: the
+"% floor" that XLA:CPU's matmuls at these shapes allow at most. Prints a markdown table and
+writes JSON (config.output). Not a test; see bench/README.md.
 """
 
 from __future__ import annotations
@@ -42,10 +45,14 @@ def row_specs(bench) -> list[dict]:
   return specs
 
 
-def measure_row(spec: dict, bench, weights: str) -> dict:
-  args = [f"--prompts={spec['prompts']}", f"--samples_per_prompt={spec['samples']}",
+def row_args(spec: dict, bench) -> list[str]:
+  return [f"--prompts={spec['prompts']}", f"--samples_per_prompt={spec['samples']}",
           f"--prompt_len={bench.prompt_len}", f"--new_tokens={spec['new_tokens']}",
           f"--calls={bench.calls}", f"--seed={bench.seed}"]
+
+
+def measure_row(spec: dict, bench, weights: str) -> dict:
+  args = row_args(spec, bench)
   sides = {"ours": (sys.executable, "selfimprove_generate.py",
                     [f"--preset={spec['preset']}", *args])}
   if bench.peer_python:
@@ -53,13 +60,23 @@ def measure_row(spec: dict, bench, weights: str) -> dict:
   return harness.alternate(sides, bench.rounds)
 
 
-def summarize(spec: dict, sides: dict, bench, peak_gflops: float) -> dict:
+def measure_matmuls_only(spec: dict, bench) -> dict:
+  """The row's projection and LM-head matmuls alone (bench/peers/matmuls_only.py)."""
+  result = harness.run_worker(sys.executable, "matmuls_only.py",
+                              [f"--preset={spec['preset']}", "--work=sampling",
+                               *row_args(spec, bench)])
+  return dict(seconds=statistics.median(result["call_seconds"]),
+              call_seconds=result["call_seconds"], warmup_seconds=result["warmup_seconds"])
+
+
+def summarize(spec: dict, sides: dict, matmuls_only: dict, bench, peak_gflops: float) -> dict:
   config = get_preset(spec["preset"])
   rows = spec["prompts"] * spec["samples"]
   work = flops.sampling_flops(config, spec["prompts"], spec["samples"], bench.prompt_len,
                               spec["new_tokens"])
   floor = work / (peak_gflops * 1e9)
-  row = dict(spec, rows=rows, params=config.num_params, flops=work, floor_seconds=floor)
+  row = dict(spec, rows=rows, params=config.num_params, flops=work, floor_seconds=floor,
+             matmuls_only=dict(matmuls_only, ceiling=floor / matmuls_only["seconds"]))
   for name, side in sides.items():
     row[name] = dict(seconds=side["median_seconds"],
                      tokens_per_sec=rows * spec["new_tokens"] / side["median_seconds"],
@@ -84,8 +101,8 @@ def print_rows(rows: list[dict], peak: dict, bench) -> None:
         f"GFLOP/s" + (f", torch {peak['torch']['median_gflops']:.0f} GFLOP/s" if "torch" in peak
                       else ""))
   header = ["preset", "row", "ours tok/s", "peer tok/s", "ours/peer", "floor s",
-            "ours % floor", "peer % floor", "ours warm-up s", "peer warm-up s",
-            "same greedy tokens", "load 1m"]
+            "ours % floor", "peer % floor", "matmuls only s", "ceiling % floor",
+            "ours warm-up s", "peer warm-up s", "same greedy tokens", "load 1m"]
   table = []
   for r in rows:
     ours, peer = r["ours"], r.get("peer")
@@ -98,6 +115,7 @@ def print_rows(rows: list[dict], peak: dict, bench) -> None:
         f"{ours['tokens_per_sec'] / peer['tokens_per_sec']:.2f}x" if peer else "n/a",
         f"{r['floor_seconds']:.3f}", f"{100 * ours['fraction_of_floor']:.0f}%",
         f"{100 * peer['fraction_of_floor']:.0f}%" if peer else "n/a",
+        f"{r['matmuls_only']['seconds']:.3f}", f"{100 * r['matmuls_only']['ceiling']:.0f}%",
         f"{statistics.median(ours['warmup_seconds']):.1f}",
         f"{statistics.median(peer['warmup_seconds']):.1f}" if peer else "n/a",
         f"{r['greedy_tokens_agree']}/{r['new_tokens']}" if "greedy_tokens_agree" in r else "-",
@@ -120,7 +138,8 @@ def main(argv):
                          [f"--preset={spec['preset']}", f"--seed={bench.seed}",
                           f"--export_hf={weights}"])
       exported.add(spec["preset"])
-    rows.append(summarize(spec, measure_row(spec, bench, weights), bench, peak_gflops))
+    sides = measure_row(spec, bench, weights)
+    rows.append(summarize(spec, sides, measure_matmuls_only(spec, bench), bench, peak_gflops))
   # The peak again at the end: a drift between the two says the machine changed under the run.
   peak_end = harness.matmul_peak(None, bench.matmul_size, bench.matmul_calls)
   print_rows(rows, peak, bench)

@@ -9,6 +9,9 @@ clip + AdamW step on `transformers`' LlamaForCausalLM loaded from the same expor
 alternating processes, median of the pooled timed calls, warm-up reported apart.
 MFU = train-step FLOPs (3 x forward: 6 x matmul params x tokens + causal attention,
 bench/peers/flops.py) / seconds / the jax f32 matmul peak measured at the start of the run.
+"matmuls only s": the step's projection and LM-head matmuls alone, forward and backward, at
+the step's shapes (bench/peers/matmuls_only.py, its own process); "ceiling" = floor / that,
+the MFU that XLA:CPU's matmuls at these shapes allow at most.
 Prints a markdown table and writes JSON (--output). Not a test; see bench/README.md.
 """
 
@@ -50,15 +53,22 @@ def measure(preset: str) -> dict:
     harness.run_worker(sys.executable, "selfimprove_generate.py",
                        [f"--preset={preset}", f"--seed={_SEED.value}", f"--export_hf={weights}"])
     sides["peer"] = (_PEER_PYTHON.value, "torch_train_step.py", [f"--hf_dir={weights}", *args])
-  return harness.alternate(sides, _ROUNDS.value)
+  sides = harness.alternate(sides, _ROUNDS.value)
+  matmuls_only = harness.run_worker(sys.executable, "matmuls_only.py",
+                                    [f"--preset={preset}", "--work=train", *args])
+  return sides, matmuls_only
 
 
-def summarize(preset: str, sides: dict, peak_gflops: float) -> dict:
+def summarize(preset: str, sides: dict, matmuls_only: dict, peak_gflops: float) -> dict:
   config = get_preset(preset)
   tokens = _BATCH.value * _SEQ_LEN.value
   work = flops.train_step_flops(config, _BATCH.value, _SEQ_LEN.value)
   row = dict(preset=preset, params=config.num_params, batch=_BATCH.value, seq_len=_SEQ_LEN.value,
              flops=work, floor_seconds=work / (peak_gflops * 1e9))
+  matmul_seconds = statistics.median(matmuls_only["call_seconds"])
+  row["matmuls_only"] = dict(seconds=matmul_seconds, call_seconds=matmuls_only["call_seconds"],
+                             warmup_seconds=matmuls_only["warmup_seconds"],
+                             ceiling=row["floor_seconds"] / matmul_seconds)
   for name, side in sides.items():
     seconds = side["median_seconds"]
     row[name] = dict(seconds=seconds, tokens_per_sec=tokens / seconds,
@@ -76,8 +86,8 @@ def print_rows(rows: list[dict], peak: dict) -> None:
         f" GFLOP/s" + (f", torch {peak['torch']['median_gflops']:.0f} GFLOP/s" if "torch" in peak
                        else ""))
   header = ["preset", "params", "ours tok/s", "peer tok/s", "ours/peer", "ours s/step",
-            "peer s/step", "floor s", "ours MFU", "peer MFU", "ours warm-up s", "peer warm-up s",
-            "load 1m"]
+            "peer s/step", "floor s", "ours MFU", "peer MFU", "matmuls only s", "ceiling MFU",
+            "ours warm-up s", "peer warm-up s", "load 1m"]
   table = []
   for r in rows:
     ours, peer = r["ours"], r.get("peer")
@@ -89,6 +99,7 @@ def print_rows(rows: list[dict], peak: dict) -> None:
         f"{ours['seconds']:.3f}", f"{peer['seconds']:.3f}" if peer else na,
         f"{r['floor_seconds']:.3f}", f"{100 * ours['mfu']:.0f}%",
         f"{100 * peer['mfu']:.0f}%" if peer else na,
+        f"{r['matmuls_only']['seconds']:.3f}", f"{100 * r['matmuls_only']['ceiling']:.0f}%",
         f"{statistics.median(ours['warmup_seconds']):.1f}",
         f"{statistics.median(peer['warmup_seconds']):.1f}" if peer else na,
         f"{ours['load_before']['load_1m']:.2f}-{ours['load_after']['load_1m']:.2f}"])
@@ -99,7 +110,7 @@ def main(argv):
   del argv
   start = harness.machine()
   peak = harness.matmul_peak(_PEER_PYTHON.value or None, _MATMUL_SIZE.value, 20)
-  rows = [summarize(preset, measure(preset), peak["jax"]["median_gflops"])
+  rows = [summarize(preset, *measure(preset), peak["jax"]["median_gflops"])
           for preset in _PRESETS.value]
   # The peak again at the end: a drift between the two says the machine changed under the run.
   peak_end = harness.matmul_peak(None, _MATMUL_SIZE.value, 20)
