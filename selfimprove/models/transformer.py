@@ -90,8 +90,7 @@ class Transformer(nnx.Module):
     where it lies, instead of slicing (copying) each layer out of the stack.
     """
     _, block_params = nnx.split(self.blocks)
-    return tuple(jax.tree.map(lambda p, i=i: p[i], block_params)
-                 for i in range(self.config.num_layers))
+    return split_layers(block_params, self.config.num_layers)
 
   def __call__(self, tokens: jax.Array, input_mask: jax.Array,
                cache: KVCache | None = None, *, return_hidden: bool = False,
@@ -217,8 +216,8 @@ class Transformer(nnx.Module):
         layer_params, is_local = layer
         return run_block(x, layer_params, is_local, None)[0], None
       return jax.lax.scan(body, x, (block_params, local_layers))[0]
-    for i in range(self.config.num_layers):
-      x = run_block(x, jax.tree.map(lambda p: p[i], block_params), local_layers[i], None)[0]
+    for i, layer_params in enumerate(split_layers(block_params, self.config.num_layers)):
+      x = run_block(x, layer_params, local_layers[i], None)[0]
     return x
 
   def _run_blocks_with_cache(self, run_block, x, block_params, local_layers, cache: KVCache):
@@ -237,6 +236,22 @@ class Transformer(nnx.Module):
     for i in range(self.config.num_layers):
       carry = body(carry, (jax.tree.map(lambda p: p[i], block_params), local_layers[i], i))[0]
     return carry
+
+
+def split_layers(stacked, num_layers: int) -> tuple:
+  """A tree of [num_layers, ...] leaves -> a tuple of per-layer trees.
+
+  One split per leaf, not a slice per layer: in the backward pass a split's
+  transpose is one concatenate of the layers' gradients, where slicing each
+  layer out gives a sum of zero-padded [num_layers, ...] gradients. The values
+  are the same, bit for bit; `small`'s training step measured about 1.5%
+  faster and its first call (compile included) 1-4 s shorter.
+  """
+  leaves, treedef = jax.tree.flatten(stacked)
+  parts = [[piece.reshape(piece.shape[1:]) for piece in jnp.split(leaf, num_layers)]
+           for leaf in leaves]
+  return tuple(treedef.unflatten([leaf_parts[i] for leaf_parts in parts])
+               for i in range(num_layers))
 
 
 def init_model(config: TransformerConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
