@@ -245,7 +245,7 @@ def split_layers(stacked, num_layers: int) -> tuple:
   transpose is one concatenate of the layers' gradients, where slicing each
   layer out gives a sum of zero-padded [num_layers, ...] gradients. The values
   are the same, bit for bit; `small`'s training step measured about 1.5%
-  faster and its first call (compile included) 1-4 s shorter.
+  faster (bench/README.md).
   """
   leaves, treedef = jax.tree.flatten(stacked)
   parts = [[piece.reshape(piece.shape[1:]) for piece in jnp.split(leaf, num_layers)]
