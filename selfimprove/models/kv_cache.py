@@ -24,7 +24,8 @@ class KVCache(NamedTuple):
 
   Keys are stored transposed (slots last): a decode step's score matmul, q . k^T,
   then reads them in the layout XLA:CPU's dot kernels take as they are; with
-  slots before head_dim that dot ran about 1.5x slower (bench/README.md).
+  slots before head_dim that dot alone ran about 2.3x slower, and a decode
+  layer's cache write + attention 1.6x (bench/README.md).
 
   Per-layer buffers are what a decode loop wants: each layer writes its new key
   and value into its own buffer in place and reads that buffer whole, where a
