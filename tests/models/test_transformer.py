@@ -255,3 +255,28 @@ def test_config_json_round_trip(small_config):
   import json
   again = TransformerConfig.from_dict(json.loads(json.dumps(config.to_dict())))
   assert again == config and hash(again) == hash(config)
+
+
+def test_split_layers_gives_each_layer_and_the_same_gradient_as_slicing():
+  from selfimprove.models.transformer import split_layers
+  rng = np.random.default_rng(0)
+  stacked = {"w": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32),
+             "norm": {"scale": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)}}
+  layers = split_layers(stacked, 3)
+  assert len(layers) == 3
+  for i, layer in enumerate(layers):
+    np.testing.assert_array_equal(layer["w"], stacked["w"][i])
+    np.testing.assert_array_equal(layer["norm"]["scale"], stacked["norm"]["scale"][i])
+
+  x = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+
+  def loss(per_layer):
+    h = x
+    for layer in per_layer:
+      h = jnp.tanh(h @ layer["w"] * layer["norm"]["scale"])[:, :4]
+    return jnp.sum(h ** 2)
+
+  by_split = jax.grad(lambda s: loss(split_layers(s, 3)))(stacked)
+  by_slices = jax.grad(lambda s: loss([jax.tree.map(lambda p, i=i: p[i], s) for i in range(3)]))(
+      stacked)
+  jax.tree.map(np.testing.assert_array_equal, by_split, by_slices)
