@@ -69,17 +69,8 @@ class StepTimer(transformers.TrainerCallback):
     self.last = now
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--steps", type=int, default=8, help="timed steps after the first")
-  parser.add_argument("--f32", action="store_true",
-                      help="bf16=False and gradient_checkpointing=False (not TRL's defaults)")
-  args = parser.parse_args()
-  torch.manual_seed(0)
-  rng = random.Random(0)
-  prompts = [f"{rng.randint(100, 999)}+{rng.randint(100, 999)}="
-             for _ in range(NUM_PROMPTS * (args.steps + 1))]
-  workdir = tempfile.mkdtemp(prefix="rl_trl_")
+def run(args, prompts, workdir):
+  """Trains TRL's GRPOTrainer in workdir and returns the timings."""
   tokenizer = make_tokenizer(SHAPE["vocab_size"])
   model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
       **SHAPE, bos_token_id=1, eos_token_id=2, pad_token_id=0))
@@ -106,7 +97,7 @@ def main():
   trainer.train()
   lengths = [r["completions/mean_length"] for r in trainer.state.log_history
              if "completions/mean_length" in r]
-  result = dict(
+  return dict(
       library="trl", version=f"trl {trl.__version__}, transformers {transformers.__version__}, "
       f"torch {torch.__version__}", setup_s=setup_s, compile_s=None, compiles=False,
       first_step_s=timer.times[0], step_s=timer.times[1:],
@@ -118,6 +109,20 @@ def main():
                     num_iterations=config.num_iterations, beta=config.beta),
       metrics={"train/length": statistics.mean(lengths) if lengths else None},
       threads=dict(torch_num_threads=torch.get_num_threads()))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--steps", type=int, default=8, help="timed steps after the first")
+  parser.add_argument("--f32", action="store_true",
+                      help="bf16=False and gradient_checkpointing=False (not TRL's defaults)")
+  args = parser.parse_args()
+  torch.manual_seed(0)
+  rng = random.Random(0)
+  prompts = [f"{rng.randint(100, 999)}+{rng.randint(100, 999)}="
+             for _ in range(NUM_PROMPTS * (args.steps + 1))]
+  with tempfile.TemporaryDirectory(prefix="rl_trl_") as workdir:  # removed afterwards
+    result = run(args, prompts, workdir)
   print("RESULT " + json.dumps(result), flush=True)
 
 
