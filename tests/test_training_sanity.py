@@ -7,7 +7,8 @@ import optax
 from flax import nnx
 
 from selfimprove.models import init_model
-from selfimprove.objectives import (masked_mean, next_token_loss, teacher_forced_exact_match,
+from selfimprove.objectives import (first_argmax, masked_mean, next_token_loss,
+                                    teacher_forced_exact_match,
                                     token_logprobs)
 
 
@@ -61,3 +62,65 @@ def test_teacher_forced_exact_match_is_greedy_exact_match_on_the_targets():
   logits = jax.nn.one_hot(jnp.array([[1, 2, 0], [1, 0, 0], [1, 2, 0]]), 4)
   mask = jnp.array([[False, True, True], [False, True, True], [False, False, True]])
   np.testing.assert_array_equal(teacher_forced_exact_match(logits, tokens, mask), [1.0, 0.0, 1.0])
+
+
+def _reference_token_logprobs(logits, targets):
+  """The plain definition: log_softmax, then pick the target (autodiff's gradient)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+def test_token_logprobs_value_and_gradient_match_log_softmax():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 11)) * 4, jnp.float32)
+  logits = logits.at[0, 1, 3].set(-jnp.inf)   # a masked-out vocabulary entry
+  targets = jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32).at[0, 1].set(4)
+  weights = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)  # any per-token cotangent
+  ours = jax.value_and_grad(lambda z: jnp.sum(weights * token_logprobs(z, targets)))(logits)
+  ref = jax.value_and_grad(lambda z: jnp.sum(weights * _reference_token_logprobs(z, targets)))(logits)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6)
+  np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-7)
+  assert ours[1][0, 1, 3] == 0.0
+  # bfloat16 logits are computed in float32 and their gradient comes back in bfloat16.
+  low = logits.astype(jnp.bfloat16)
+  grad = jax.grad(lambda z: jnp.sum(token_logprobs(z, targets)))(low)
+  assert grad.dtype == jnp.bfloat16
+  np.testing.assert_allclose(grad.astype(np.float32), jax.grad(
+      lambda z: jnp.sum(_reference_token_logprobs(z, targets)))(low).astype(np.float32), atol=1e-2)
+  # Any leading shape, inside jit.
+  flat = jax.jit(token_logprobs)(logits.reshape(15, 11), targets.reshape(15))
+  np.testing.assert_allclose(flat, _reference_token_logprobs(logits, targets).reshape(15), rtol=1e-6)
+
+
+def test_next_token_loss_and_exact_match_equal_the_sliced_definitions():
+  """They never slice the logits; values and gradients are those of logits[:, :-1] vs tokens[:, 1:]."""
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(4, 6, 7)), jnp.float32)
+  tokens = jnp.asarray(rng.integers(0, 7, (4, 6)), jnp.int32)
+  loss_mask = jnp.asarray(rng.random((4, 6)) < 0.7).at[:, 0].set(False)
+
+  def sliced_loss(z):
+    logp = _reference_token_logprobs(z[:, :-1], tokens[:, 1:])
+    return -masked_mean(logp, loss_mask[:, 1:])
+
+  ours = jax.value_and_grad(next_token_loss)(logits, tokens, loss_mask)
+  ref = jax.value_and_grad(sliced_loss)(logits)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6)
+  np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-8)
+  # Make the argmax hit the target on some rows, then compare with the argmax definition.
+  targets_at = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
+  peaked = logits + 10.0 * jax.nn.one_hot(targets_at, 7) * (jnp.arange(4) < 2)[:, None, None]
+  hit = jnp.argmax(peaked[:, :-1], axis=-1) == tokens[:, 1:]
+  expected = jnp.all(hit | ~loss_mask[:, 1:], axis=-1).astype(jnp.float32)
+  np.testing.assert_array_equal(teacher_forced_exact_match(peaked, tokens, loss_mask), expected)
+  assert expected.tolist()[:2] == [1.0, 1.0] and expected.tolist()[2:] != [1.0, 1.0]
+
+
+def test_first_argmax_is_argmax_with_ties_and_infinities():
+  logits = jnp.array([[1.0, 3.0, 3.0, 0.0],          # a tie: the first index wins
+                      [-jnp.inf] * 4,                # all -inf: index 0
+                      [jnp.inf, 2.0, jnp.inf, 1.0],  # +inf ties
+                      [0.0, 0.0, 0.0, 5.0]])
+  np.testing.assert_array_equal(first_argmax(logits), jnp.argmax(logits, axis=-1))
+  big = jnp.asarray(np.random.default_rng(2).normal(size=(3, 9, 50)).round(1), jnp.float32)
+  np.testing.assert_array_equal(first_argmax(big), jnp.argmax(big, axis=-1))

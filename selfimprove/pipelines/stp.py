@@ -55,7 +55,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from selfimprove.objectives import token_logprobs
+from selfimprove.objectives import next_token_targets, token_logprobs
 from selfimprove.pipelines import stp_selection as sel
 from selfimprove.pipelines.base import RunPieces
 from selfimprove.pipelines.stp_rows import (HostChecks, Piece, as_piece, constant_piece,
@@ -219,8 +219,9 @@ def _weighted_ce_sums(model, tokens, mask, loss_mask, weights) -> tuple[jax.Arra
   """(sum m w CE, sum m w) over next-token targets (`stp_selection.weighted_next_token_loss`'s
   numerator and denominator, so several batches combine into one normalised loss)."""
   logits, _ = model(tokens, mask)
-  logp = token_logprobs(logits[:, :-1], tokens[:, 1:])
-  mw = loss_mask[:, 1:].astype(jnp.float32) * weights.astype(jnp.float32)[:, None]
+  targets, is_target = next_token_targets(tokens, loss_mask)
+  logp = token_logprobs(logits, targets)
+  mw = is_target.astype(jnp.float32) * weights.astype(jnp.float32)[:, None]
   return -jnp.sum(mw * logp), jnp.sum(mw)
 
 

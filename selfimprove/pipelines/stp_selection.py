@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from selfimprove.objectives import token_logprobs
+from selfimprove.objectives import next_token_targets, token_logprobs
 
 
 def pass_rates(correct: jax.Array, sample_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -279,7 +279,8 @@ def weighted_next_token_loss(logits: jax.Array, tokens: jax.Array, loss_mask: ja
   counts. 0 (official:
   NaN) when sum m w = 0. One batch: levanter's gradient accumulation averages microbatches.
   """
-  logp = token_logprobs(logits[:, :-1], tokens[:, 1:])
-  mw = loss_mask[:, 1:].astype(jnp.float32) * weights.astype(jnp.float32)[:, None]
+  targets, is_target = next_token_targets(tokens, loss_mask)
+  logp = token_logprobs(logits, targets)
+  mw = is_target.astype(jnp.float32) * weights.astype(jnp.float32)[:, None]
   total = jnp.sum(mw)
   return jnp.where(total > 0, -jnp.sum(mw * logp) / jnp.where(total > 0, total, 1.0), 0.0)
