@@ -20,19 +20,22 @@ import jax
 import jax.numpy as jnp
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dense(x: jax.Array, w: jax.Array, num_in: int) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense(x: jax.Array, w: jax.Array, num_in: int, out_dtype: jnp.dtype | None = None
+          ) -> jax.Array:
+  """out_dtype: the result's dtype, accumulated in it (jnp.dot's preferred_element_type)."""
   lead, out = x.shape[:x.ndim - num_in], w.shape[num_in:]
   fan_in = math.prod(w.shape[:num_in])
-  y = jnp.dot(x.reshape(-1, fan_in), w.reshape(fan_in, -1))
+  y = jnp.dot(x.reshape(-1, fan_in), w.reshape(fan_in, -1), preferred_element_type=out_dtype)
   return y.reshape(*lead, *out)
 
 
-def _dense_fwd(x, w, num_in):
-  return dense(x, w, num_in), (x, w)
+def _dense_fwd(x, w, num_in, out_dtype):
+  return dense(x, w, num_in, out_dtype), (x, w)
 
 
-def _dense_bwd(num_in, residuals, dy):
+def _dense_bwd(num_in, out_dtype, residuals, dy):
+  del out_dtype  # dy comes in it; the products below promote to the wider of dy and x / w
   x, w = residuals
   fan_in = math.prod(w.shape[:num_in])
   x2, w2 = x.reshape(-1, fan_in), w.reshape(fan_in, -1)

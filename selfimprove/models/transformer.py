@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from selfimprove.models.config import TransformerConfig
+from selfimprove.models.dense import dense
 from selfimprove.models.kv_cache import KVCache
 from selfimprove.models.layers import MLP, Attention, RMSNorm, make_param
 from selfimprove.sharding import constrain
@@ -188,8 +189,10 @@ class Transformer(nnx.Module):
       head = self.embedding[...].T
     else:
       head = self.lm_head[...]
-    logits = jnp.einsum("bte,ev->btv", x, head.astype(cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)
+    # `dense`, not einsum: its backward transposes the [tokens, embed] input
+    # instead of the [tokens, vocab] logits' gradient (the small preset's
+    # training step: 4.06-4.18 -> 3.84-3.94 s).
+    logits = dense(x, head.astype(cfg.compute_dtype), 1, jnp.float32)
     if cfg.final_logit_softcap is not None:
       logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
     return constrain(logits, ("batch", "seq", "act_vocab"), rules), new_cache

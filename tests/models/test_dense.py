@@ -48,3 +48,23 @@ def test_project_uses_dense_only_for_natural_equations():
   assert "custom_vjp" not in str(swapped)
   np.testing.assert_allclose(project(x, "bte,em->bmt", w, None, 1.0, jnp.float32),
                              jnp.einsum("bte,em->bmt", x, w))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_with_a_float32_result_equals_einsum_with_preferred_element_type(dtype):
+  """The LM head: [batch, seq, embed] x [embed, vocab] -> float32 logits, whatever the inputs."""
+  kx, kw, ky = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.normal(kx, (2, 5, 8), dtype)
+  w = jax.random.normal(kw, (8, 11), dtype)
+  cotangent = jax.random.normal(ky, (2, 5, 11), jnp.float32)
+  ours = lambda x, w: dense(x, w, 1, jnp.float32)
+  reference = lambda x, w: jnp.einsum("bte,ev->btv", x, w, preferred_element_type=jnp.float32)
+  assert ours(x, w).dtype == jnp.float32
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(ours(x, w), reference(x, w), **tol)
+  got = jax.jit(jax.grad(lambda x, w: jnp.sum(ours(x, w) * cotangent), argnums=(0, 1)))(x, w)
+  expected = jax.jit(jax.grad(lambda x, w: jnp.sum(reference(x, w) * cotangent),
+                              argnums=(0, 1)))(x, w)
+  for g, e in zip(got, expected):
+    assert g.dtype == e.dtype == dtype and g.shape == e.shape
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32), **tol)
