@@ -83,7 +83,7 @@ def sampling_call(config, args):
 def train_call(config, args):
   def loss(weights, x):
     x = projections(x.reshape(-1, config.embed_dim), weights)
-    return jnp.mean(jnp.einsum("te,ev->tv", x, weights["head"]))
+    return jnp.mean(dense(x, weights["head"], 1, jnp.float32))  # the model's LM head
 
   x = jnp.full((args.batch, args.seq_len, config.embed_dim), 0.1, jnp.float32)
   return jax.jit(jax.grad(loss)), x
