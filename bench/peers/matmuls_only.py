@@ -16,7 +16,7 @@ implementation running these projections as XLA:CPU matmuls can reach.
     each prompt's last token, then new_tokens - 1 decode steps of rows x 1 token (the
     projections and the LM head), in a fori_loop, as the sampler runs them.
   train: forward and backward of the projections on batch x seq_len tokens through
-    `selfimprove.models.dense` (the step's own VJP) and of the LM head on every token.
+    `selfimprove.models.dense` (the step's own VJP), the LM head on every token included.
 
 Prints one JSON line: the warm-up call's seconds (compilation included) and each timed call's.
 """
