@@ -124,3 +124,4 @@ def test_first_argmax_is_argmax_with_ties_and_infinities():
   np.testing.assert_array_equal(first_argmax(logits), jnp.argmax(logits, axis=-1))
   big = jnp.asarray(np.random.default_rng(2).normal(size=(3, 9, 50)).round(1), jnp.float32)
   np.testing.assert_array_equal(first_argmax(big), jnp.argmax(big, axis=-1))
+  assert int(first_argmax(jnp.array([1.0, jnp.nan, 2.0]))) == 3   # NaN: no index is the argmax
