@@ -23,10 +23,14 @@ def _logsumexp(logits: jax.Array) -> jax.Array:
   return jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1)) + peak[..., 0]
 
 
+def _vocab_ids(logits: jax.Array) -> jax.Array:
+  """[..., vocab] int32: each entry's index along the last axis (an iota XLA fuses)."""
+  return jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+
+
 def _is_target(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """[..., vocab] one-hot of targets as a comparison XLA fuses into its consumer."""
-  vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-  return vocab_ids == targets[..., None]
+  return _vocab_ids(logits) == targets[..., None]
 
 
 @jax.custom_vjp
@@ -88,8 +92,7 @@ def first_argmax(logits: jax.Array) -> jax.Array:
   NaN gives the out-of-range index vocab (argmax would give the NaN's index).
   """
   peak = jnp.max(logits, axis=-1, keepdims=True)
-  vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-  return jnp.min(jnp.where(logits == peak, vocab_ids, logits.shape[-1]), axis=-1)
+  return jnp.min(jnp.where(logits == peak, _vocab_ids(logits), logits.shape[-1]), axis=-1)
 
 
 def teacher_forced_exact_match(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array
