@@ -11,7 +11,7 @@ from flax import nnx
 from selfimprove.models import init_model
 from selfimprove.models.transformer import Transformer
 from selfimprove.objectives import token_logprobs
-from selfimprove.sampling import SamplingConfig, make_sampler, sample
+from selfimprove.sampling import SamplingConfig, decode_phase_ends, make_sampler, sample
 
 
 @pytest.fixture
@@ -161,6 +161,56 @@ def test_stop_tokens_mask_the_rest_and_end_the_loop_early(model_and_prompts):
     assert not rollout.logprobs[row, first_stop + 1:].any()
 
 
+@pytest.mark.parametrize("max_new, phases, ends", [
+    (64, 0, (16, 32, 48, 64)), (16, 0, (16,)), (15, 0, (15,)), (40, 0, (20, 40)),
+    (512, 0, (128, 256, 384, 512)), (7, 3, (3, 5, 7)), (3, 10, (1, 2, 3)), (9, 1, (9,))])
+def test_decode_phase_ends(max_new, phases, ends):
+  assert decode_phase_ends(SamplingConfig(max_new_tokens=max_new, decode_phases=phases)) == ends
+
+
+def test_each_decode_phase_attends_over_the_slots_it_can_have_filled(model_and_prompts,
+                                                                     monkeypatch):
+  graphdef, params, prompts, mask = model_and_prompts
+  cache_lengths = []
+  original = Transformer.__call__
+
+  def recording_call(self, tokens, input_mask, cache=None, **kwargs):
+    cache_lengths.append((tokens.shape[1], cache.max_len))
+    return original(self, tokens, input_mask, cache, **kwargs)
+
+  monkeypatch.setattr(Transformer, "__call__", recording_call)
+  config = SamplingConfig(max_new_tokens=7, decode_phases=3)   # phases end at 3, 5, 7 tokens
+  jax.make_jaxpr(lambda p: sample(nnx.merge(graphdef, p), prompts, mask, jax.random.key(0),
+                                  config))(params)
+  # The prefill, then one traced decode step per phase; a phase ending at e new tokens
+  # feeds back tokens up to e - 2, so it needs prompt_len + e - 1 slots.
+  assert cache_lengths == [(6, 6 + 2), (1, 6 + 2), (1, 6 + 4), (1, 6 + 6)]
+
+
+@pytest.mark.parametrize("greedy, n, stop", [(True, 1, False), (False, 2, False), (False, 2, True)])
+def test_decode_phases_give_the_samples_of_one_loop(model_and_prompts, greedy, n, stop):
+  """Any number of phases (more than tokens too) samples what one loop over the full cache does."""
+  graphdef, params, prompts, mask = model_and_prompts
+  base = SamplingConfig(max_new_tokens=9, greedy=greedy, num_samples_per_prompt=n,
+                        decode_phases=1)
+  reference = make_sampler(graphdef, base)(params, prompts, mask, jax.random.key(3))
+  if stop:   # every row stops at its step-4 token: some rows in phase 2 of 3, the loop early
+    stops = tuple(int(t) for t in np.unique(reference.tokens[:, 4]))
+    base = dataclasses.replace(base, stop_token_ids=stops)
+    reference = make_sampler(graphdef, base)(params, prompts, mask, jax.random.key(3))
+    assert int(reference.num_decode_steps) <= 5
+  for phases in (2, 3, 9, 20):
+    rollout = make_sampler(graphdef, dataclasses.replace(base, decode_phases=phases))(
+        params, prompts, mask, jax.random.key(3))
+    np.testing.assert_array_equal(rollout.tokens, reference.tokens)
+    np.testing.assert_array_equal(rollout.completion_mask, reference.completion_mask)
+    np.testing.assert_allclose(rollout.logprobs, reference.logprobs, atol=1e-5, rtol=1e-5)
+    assert int(rollout.num_decode_steps) == int(reference.num_decode_steps)
+  _, rescored = _rescored(graphdef, params, rollout)
+  np.testing.assert_allclose(rollout.logprobs, rescored * rollout.completion_mask,
+                             atol=1e-5, rtol=1e-5)
+
+
 def test_sample_runs_inside_another_jitted_function_with_gradients(model_and_prompts):
   """The shape of an RL step: sample, then differentiate the samples' log-likelihood."""
   graphdef, params, prompts, mask = model_and_prompts
@@ -192,6 +242,7 @@ def test_sample_runs_inside_another_jitted_function_with_gradients(model_and_pro
     (dict(max_new_tokens=4, top_p=0.0), "top_p"),
     (dict(max_new_tokens=4, top_k=-1), "top_k"),
     (dict(max_new_tokens=4, num_samples_per_prompt=0), "num_samples_per_prompt"),
+    (dict(max_new_tokens=4, decode_phases=-1), "decode_phases"),
 ])
 def test_sampling_config_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):

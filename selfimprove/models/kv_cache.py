@@ -83,3 +83,30 @@ def repeat_rows(cache: KVCache, n: int) -> KVCache:
       value=repeat_kv(cache.value),
       slot_mask=jnp.repeat(cache.slot_mask, n, axis=0),
       lengths=jnp.repeat(cache.lengths, n, axis=0))
+
+
+def grow(cache: KVCache, max_len: int) -> KVCache:
+  """The cache with room for `max_len` slots in all: empty slots appended (a copy of each buffer).
+
+  A decode loop in phases starts with a short cache and grows it between
+  phases, so that each step attends over the slots it can have filled by the
+  end of its phase instead of over the whole completion budget."""
+  extra = max_len - cache.max_len
+  if extra < 0:
+    raise ValueError(f"grow: the cache already has {cache.max_len} slots, more than {max_len}.")
+  if extra == 0:
+    return cache
+
+  def pad(buffer, slot_axis):
+    widths = [(0, 0)] * buffer.ndim
+    widths[slot_axis] = (0, extra)
+    return jnp.pad(buffer, widths)
+
+  # Slots are the last axis of keys and the second-to-last of values, stacked or not.
+  grow_keys = lambda keys: pad(keys, keys.ndim - 1)
+  grow_values = lambda values: pad(values, values.ndim - 2)
+  if cache.per_layer:
+    key, value = tuple(map(grow_keys, cache.key)), tuple(map(grow_values, cache.value))
+  else:
+    key, value = grow_keys(cache.key), grow_values(cache.value)
+  return cache._replace(key=key, value=value, slot_mask=pad(cache.slot_mask, 1))

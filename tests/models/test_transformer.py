@@ -8,6 +8,7 @@ from flax import nnx
 
 from selfimprove.models import (PRESETS, TransformerConfig, count_params, get_preset,
                                 init_cache, init_model)
+from selfimprove.models.kv_cache import grow
 from tests.reference_model import reference_logits
 
 
@@ -77,6 +78,29 @@ def test_kv_cache_decoding_matches_full_forward(small_config, scan_layers, per_l
   np.testing.assert_allclose(incremental[mask], full[mask], atol=1e-5, rtol=1e-5)
   assert int(cache.index) == tokens.shape[1]
   np.testing.assert_array_equal(cache.lengths, mask.sum(1))
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_a_cache_grown_between_calls_decodes_as_one_allocated_whole(small_config, per_layer):
+  """kv_cache.grow appends empty slots: decoding then matches the full forward pass."""
+  graphdef, params = init_model(small_config)
+  tokens, mask = _padded_batch(small_config.vocab_size)
+  full = _forward(graphdef)(params, tokens, mask)
+  extend = jax.jit(lambda p, t, m, c: nnx.merge(graphdef, p)(t, m, c))
+  cache = init_cache(small_config, tokens.shape[0], max_len=5, per_layer=per_layer)
+  logits, cache = extend(params, tokens[:, :5], mask[:, :5], cache)
+  pieces = [logits]
+  for t in range(5, tokens.shape[1]):
+    cache = grow(cache, t + 1)            # one more slot before each token
+    assert cache.max_len == t + 1
+    logits, cache = extend(params, tokens[:, t:t + 1], mask[:, t:t + 1], cache)
+    pieces.append(logits)
+  incremental = jnp.concatenate(pieces, axis=1)
+  np.testing.assert_allclose(incremental[mask], full[mask], atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(cache.lengths, mask.sum(1))
+  assert grow(cache, cache.max_len) is cache
+  with pytest.raises(ValueError, match="already has"):
+    grow(cache, cache.max_len - 1)
 
 
 def test_per_layer_and_stacked_caches_hold_the_same_keys_and_values(small_config):
