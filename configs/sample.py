@@ -25,5 +25,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sampling = ml_collections.ConfigDict(dict(
       max_new_tokens=32, temperature=1.0, greedy=False, top_k=0, top_p=1.0,
-      num_samples_per_prompt=2))
+      num_samples_per_prompt=2,
+      decode_phases=0))                 # 0: one decode phase per 16 new tokens, at most 4
   return config.lock()
